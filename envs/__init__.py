@@ -1,0 +1,9 @@
+"""Built-in environments, registered under the ``agentgym/`` namespace.
+
+Entry points are strings, so registering imports nothing heavy; ``agentgym.make`` imports an env when it builds it.
+"""
+
+from agentgym.registration import register
+
+register("agentgym/GuessNumber-v0", "agentgym.envs.guess_number:GuessNumberEnv")
+register("agentgym/Arithmetic-v0", "agentgym.envs.arithmetic:ArithmeticEnv")
