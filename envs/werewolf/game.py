@@ -420,8 +420,8 @@ class WerewolfGame:
         stripped = text.strip()
         match = _COMMAND_RE.fullmatch(stripped)
         if match is None:
-            shown = stripped[:60] + ("..." if len(stripped) > 60 else "")
-            return None, f"could not read {shown!r} as an action; reply with exactly {fmt} and nothing else ({options})"
+            return None, (f"could not read '{self._echo(stripped)}' as an action; reply with exactly {fmt} and nothing "
+                          f"else ({options})")
         word, target = match.group(1), match.group(2)
         if word != keyword:
             if word.upper() == keyword:
@@ -432,7 +432,7 @@ class WerewolfGame:
         if req.kind == "vote" and target == "none":
             return None, None
         if not _PLAYER_RE.fullmatch(target):
-            return None, f"{target[:30]!r} is not a player name; {options}"
+            return None, f"'{self._echo(target)}' is not a player name; {options}"
         if target not in self.roles:
             return None, f"{target} is not in this game; {options}"
         if not self._alive[target]:
@@ -440,6 +440,10 @@ class WerewolfGame:
         if target not in req.targets:
             return None, f"{self._why_illegal(req, target)}; {options}"
         return target, None
+
+    def _echo(self, text: str, max_chars: int = 40) -> str:
+        """A player's words quoted back to it, made harmless (blocklist removed, one line, short)."""
+        return sanitize_speech(text, self.config.speech_blocklist, max_chars).replace("'", "")
 
     def _why_illegal(self, req: Request, target: str) -> str:
         if target == req.player:
@@ -457,8 +461,8 @@ class WerewolfGame:
             self.request = None
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
-    def _emit(self, text: str, audience: set[str] | frozenset[str] | None, **data: Any) -> Event:
-        event = Event(len(self.events), self.day, self.phase, text,
+    def _emit(self, message: str, audience: set[str] | frozenset[str] | None, /, **data: Any) -> Event:
+        event = Event(len(self.events), self.day, self.phase, message,
                       None if audience is None else frozenset(audience), data)
         self.events.append(event)
         return event

@@ -1,0 +1,106 @@
+"""The ``agentgym`` command: ``train``, ``envs``, ``algos``, ``serve``.
+
+``agentgym train [--config FILE.yaml] [--key value]...``: every TrainConfig field is an option
+(``agentgym train --help`` lists them with their defaults); ``--env.KEY`` / ``--algo.KEY`` pass env arguments and
+algorithm overrides.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+USAGE = """usage: agentgym COMMAND [options]
+
+commands:
+  train    train a policy on an env (agentgym train --help)
+  envs     list registered environments
+  algos    list named algorithms
+  serve    serve a model behind an OpenAI-compatible API (agentgym serve --help)
+"""
+
+
+def _train(argv: Sequence[str]) -> int:
+    from agentgym.config import help_text, parse_cli
+    from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer
+
+    if "-h" in argv or "--help" in argv:
+        print("usage: agentgym train [--config FILE.yaml] [--key value]...\n\noptions:")
+        print(help_text(TrainConfig, CLI_ALIASES))
+        return 0
+    try:
+        cfg = parse_cli(TrainConfig, argv, CLI_ALIASES)
+        cfg.algo_config()  # validate the algorithm and its overrides before loading a model
+    except (KeyError, ValueError) as e:
+        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    trainer = Trainer(cfg)
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    if history:
+        last = history[-1]
+        print(f"done: {len(history)} iterations, final reward {last['reward_mean']:.3f}, "
+              f"success {last['success_rate']:.3f}; run dir {trainer.run_dir}")
+    return 0
+
+
+def _envs(argv: Sequence[str]) -> int:
+    import agentgym
+    from agentgym.registration import load_plugins
+
+    load_plugins()
+    for env_id, spec in sorted(agentgym.registry.items()):
+        target = spec.entry_point if isinstance(spec.entry_point, str) else spec.entry_point.__qualname__
+        print(f"{env_id:32s} {target}")
+    return 0
+
+
+def _algos(argv: Sequence[str]) -> int:
+    from agentgym.algos import DESCRIPTIONS
+
+    for name, text in DESCRIPTIONS.items():
+        print(f"{name:14s} {text}")
+    return 0
+
+
+def _serve(argv: Sequence[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="agentgym serve", description="An OpenAI-compatible server for a model.")
+    p.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name or path (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--served-name", default=None, help="model name clients use (default: --model)")
+    args = p.parse_args(argv)
+    from agentgym.engines import TransformersEngine
+    from agentgym.engines.server import serve
+    from agentgym.models import load_model
+
+    model, tok = load_model(args.model)
+    serve(TransformersEngine(model, tok), host=args.host, port=args.port, model_name=args.served_name or args.model)
+    return 0
+
+
+COMMANDS = {"train": _train, "envs": _envs, "algos": _algos, "serve": _serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd = COMMANDS.get(argv[0])
+    if cmd is None:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"agentgym: unknown command {argv[0]!r}.{hint}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return cmd(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

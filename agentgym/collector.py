@@ -1,0 +1,98 @@
+"""Rolls out groups of episodes: token envs on one side, an engine on the other.
+
+Each group is ``group_size`` copies of one task (the same reset seed); all envs waiting for an action are batched
+into one ``engine.generate`` call per round, and every episode keeps its engine KV cache between turns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from agentgym.batch import Episode, Turn
+from agentgym.core import TokenEnv
+from agentgym.vector import TokenVectorEnv
+
+
+class Collector:
+    """Collects :class:`~agentgym.batch.Episode` groups from token envs with an engine.
+
+    Args:
+        env_fn: builds one env (called ``num_groups * group_size`` times, once).
+        engine: an :class:`~agentgym.engines.Engine`.
+        params: the engine's sampling parameters (``n`` is forced to 1; ``stop_token_ids`` default to the env's).
+        num_groups: tasks per collection.
+        group_size: episodes per task.
+        num_threads: step envs in a thread pool of this size (0: in this thread).
+        max_turns: a safety cap on turns per episode, beyond the env's own limits.
+    """
+
+    def __init__(
+        self,
+        env_fn: Callable[[], TokenEnv],
+        engine: Any,
+        params: Any,
+        num_groups: int,
+        group_size: int,
+        num_threads: int = 0,
+        max_turns: int = 64,
+    ):
+        if num_groups < 1 or group_size < 1:
+            raise ValueError(f"num_groups and group_size must be >= 1, got {num_groups} and {group_size}")
+        self.engine = engine
+        self.num_groups, self.group_size, self.max_turns = num_groups, group_size, max_turns
+        self.venv = TokenVectorEnv([env_fn] * (num_groups * group_size), num_threads=num_threads)
+        stops = getattr(self.venv.envs[0], "stop_token_ids", None)
+        if params.stop_token_ids is None and stops:
+            params = dataclasses.replace(params, stop_token_ids=sorted(stops))
+        self.params = dataclasses.replace(params, n=1)
+        self._next_episode = 0
+
+    def collect(self, seed: int) -> list[Episode]:
+        """One group of episodes per task; task ``g`` is the env reset with seed ``seed + g``.
+
+        Sampling is seeded from ``seed`` too, so a collection is reproducible.
+        """
+        n = self.venv.num_envs
+        seeds = [seed + i // self.group_size for i in range(n)]
+        obs, _ = self.venv.reset(seed=seeds)
+        base = self._next_episode
+        self._next_episode += n
+        contexts = [list(map(int, o)) for o in obs]
+        turns: list[list[Turn]] = [[] for _ in range(n)]
+        episodes: list[Episode | None] = [None] * n
+        keys = [f"episode-{base + i}" for i in range(n)]
+        waiting = list(range(n))
+        round_ = 0
+        try:
+            while waiting:
+                params = dataclasses.replace(self.params, seed=seed * 1_000 + round_)
+                outs = self.engine.generate([contexts[i] for i in waiting], params, cache_keys=[keys[i] for i in waiting])
+                results = self.venv.step({i: out[0].token_ids for i, out in zip(waiting, outs)})
+                still = []
+                for i, out in zip(waiting, outs):
+                    c, res = out[0], results[i]
+                    turns[i].append(Turn(contexts[i], list(c.token_ids), list(c.logprobs), res.reward, c.finish_reason))
+                    contexts[i] = contexts[i] + list(c.token_ids) + list(map(int, res.obs))
+                    capped = len(turns[i]) >= self.max_turns
+                    if res.done or capped:
+                        episodes[i] = Episode(
+                            turns[i],
+                            group_id=seed + i // self.group_size,
+                            episode_id=base + i,
+                            terminated=res.terminated,
+                            truncated=res.truncated or (capped and not res.done),
+                            info=res.info,
+                        )
+                        self.engine.release(keys[i])
+                    else:
+                        still.append(i)
+                waiting = still
+                round_ += 1
+        finally:
+            for i in waiting:
+                self.engine.release(keys[i])
+        return [ep for ep in episodes if ep is not None]
+
+    def close(self) -> None:
+        self.venv.close()

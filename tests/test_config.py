@@ -1,0 +1,34 @@
+import pytest
+
+from agentgym.config import help_text, parse_cli
+from agentgym.trainer import CLI_ALIASES, TrainConfig
+
+
+def test_overrides_types_and_aliases(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("algo: ppo\nlr: 0.001\nenv:\n  high: 20\n")
+    cfg = parse_cli(
+        TrainConfig,
+        ["--config", str(yml), "--iterations", "3", "--env.max_turns", "4", "--algo.kl_coef=0.1", "--wandb", "false"],
+        CLI_ALIASES,
+    )
+    assert cfg.algo == "ppo" and cfg.lr == 0.001 and cfg.iterations == 3 and cfg.wandb is False
+    assert cfg.env_kwargs == {"high": 20, "max_turns": 4}
+    assert cfg.algo_kwargs == {"kl_coef": 0.1}
+    assert cfg.algo_config().kl_coef == 0.1
+
+
+def test_typo_suggests_key():
+    with pytest.raises(KeyError, match="Did you mean --lr"):
+        parse_cli(TrainConfig, ["--lrr", "1"], CLI_ALIASES)
+    with pytest.raises(ValueError, match="--iterations: cannot read 'x' as int"):
+        parse_cli(TrainConfig, ["--iterations", "x"], CLI_ALIASES)
+
+
+def test_help_lists_every_field_with_default():
+    text = help_text(TrainConfig, CLI_ALIASES)
+    assert "--lr  [default: 2e-06]" in text and "AdamW learning rate" in text
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in text
