@@ -9,6 +9,7 @@ Each part lives in its own module; this one only orders them:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import resource
 import time
@@ -94,6 +95,8 @@ class TrainConfig:
     """step envs in a thread pool of this size (for envs that wait on I/O)"""
     progress: bool = True
     """show a progress bar"""
+    save_episodes: int = 8
+    """episodes per iteration written to run_dir/episodes.jsonl for `agentgym inspect` (0: none)"""
 
     def algo_config(self) -> algos.AlgoConfig:
         kwargs = dict(self.algo_kwargs)
@@ -292,6 +295,7 @@ class Trainer:
         t0 = time.perf_counter()
         episodes = self.collect()
         t_rollout = time.perf_counter() - t0
+        self._save_episodes(episodes)
         batch, agg = to_batch(episodes, pad_id=self.tokenizer.pad_token_id or 0)
         metrics = episode_metrics(episodes)
         metrics.update(agg)
@@ -315,11 +319,17 @@ class Trainer:
         self.iteration += 1
         return metrics
 
+    def _save_episodes(self, episodes: list[Episode]) -> None:
+        if self.cfg.save_episodes <= 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "episodes.jsonl").open("a") as f:
+            for ep in episodes[: self.cfg.save_episodes]:
+                f.write(json.dumps(episode_record(ep, self.iteration + 1)) + "\n")
+
     # -- the loop -----------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
         """Run ``cfg.iterations`` iterations (minus those already done when resuming)."""
-        import json
-
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +382,31 @@ class Trainer:
 
     def close(self) -> None:
         self.collector.close()
+
+
+def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:
+    """An episode as a JSON-able dict: every turn's context, sampled ids, logprobs and reward."""
+    return {
+        "iteration": iteration,
+        "episode_id": ep.episode_id,
+        "group_id": ep.group_id,
+        "agent_id": ep.agent_id,
+        "return": ep.total_reward,
+        "success": ep.success,
+        "terminated": ep.terminated,
+        "truncated": ep.truncated,
+        "turns": [
+            {
+                "prompt_ids": t.prompt_ids,
+                "action_ids": t.action_ids,
+                "logprobs": t.logprobs,
+                "reward": t.reward,
+                "finish_reason": t.finish_reason,
+            }
+            for t in ep.turns
+        ],
+        "info": {k: v for k, v in ep.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

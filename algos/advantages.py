@@ -16,6 +16,7 @@ Advantages are 0 wherever loss_mask is False.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 from tensordict import TensorDict
@@ -23,10 +24,10 @@ from torch import Tensor
 
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.credit import credit_returns, policy_token_gae
-from agentgym.algos.episodes import EpisodeIndex, require_keys
+from agentgym.algos.episodes import REQUIRED_KEYS, EpisodeIndex, require_keys
 from agentgym.algos.registry import Registry
 
-AdvantageFn = Callable[[TensorDict, AlgoConfig, EpisodeIndex], "tuple[Tensor, Tensor | None]"]
+AdvantageFn = Callable[[TensorDict, AlgoConfig, EpisodeIndex], tuple[Tensor, Optional[Tensor]]]
 ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
 register_advantage = ADVANTAGE_ESTIMATORS.register
 
@@ -142,8 +143,7 @@ def compute_advantages(batch: TensorDict, cfg: AlgoConfig) -> TensorDict:
     values when `cfg.needs_values`. Advantages are 0 off the policy tokens. With `cfg.whiten_advantages`, the
     advantages are then normalized to mean 0, std 1 over all policy tokens of the batch.
     """
-    require_keys(batch, ("loss_mask", "token_rewards", "turn_ids", "episode_return", "group_id", "episode_id"),
-                 "compute_advantages reads them")
+    require_keys(batch, REQUIRED_KEYS, "compute_advantages reads them")
     episodes = EpisodeIndex.from_batch(batch, cfg.group_by_agent)
     advantages, returns = ADVANTAGE_ESTIMATORS.lookup(cfg.advantage)(batch, cfg, episodes)
     if cfg.whiten_advantages:

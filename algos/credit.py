@@ -51,16 +51,18 @@ def policy_token_gae(rewards: Tensor, values: Tensor, valid: Tensor, gamma: floa
     With V = 0 and lam = 1, A_n is the discounted return-to-go. Slots past an episode's length must be padding
     at the end (`valid` False there); they get 0.
     """
-    num_episodes, length = rewards.shape
-    advantages = torch.zeros_like(rewards)
-    next_value = rewards.new_zeros(num_episodes)
-    next_advantage = rewards.new_zeros(num_episodes)
-    for n in reversed(range(length)):
-        delta = rewards[:, n] + gamma * next_value - values[:, n]
-        advantage = delta + gamma * lam * next_advantage
-        advantages[:, n] = torch.where(valid[:, n], advantage, 0.0)
-        next_value = torch.where(valid[:, n], values[:, n], 0.0)
-        next_advantage = advantages[:, n]
+    rewards = torch.where(valid, rewards, 0.0)
+    values = torch.where(valid, values, 0.0)
+    next_values = torch.cat([values[:, 1:], values.new_zeros(values.shape[0], 1)], dim=1)
+    deltas = torch.where(valid, rewards + gamma * next_values - values, 0.0)
+    decay = gamma * lam
+    if decay == 1.0:  # A_n = sum_{m >= n} delta_m: a reversed cumulative sum
+        return deltas.flip(1).cumsum(1).flip(1)
+    advantages = torch.zeros_like(deltas)
+    running = deltas.new_zeros(deltas.shape[0])
+    for n in reversed(range(deltas.shape[1])):
+        running = deltas[:, n] + decay * running
+        advantages[:, n] = running
     return advantages
 
 

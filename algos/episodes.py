@@ -12,7 +12,9 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-REQUIRED_KEYS = ("loss_mask", "token_rewards", "turn_ids", "episode_return", "group_id", "episode_id")
+REQUIRED_KEYS: tuple[str, ...] = (
+    "loss_mask", "token_rewards", "turn_ids", "episode_return", "group_id", "episode_id")
+"""batch keys every advantage computation reads (agent_id is optional, values only for GAE)"""
 
 
 def require_keys(batch: TensorDict, keys: tuple[str, ...] | list[str], why: str) -> None:

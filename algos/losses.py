@@ -4,18 +4,19 @@ Policy loss (PPO, Schulman et al., "Proximal Policy Optimization Algorithms"; cl
 dual-clip from Ye et al., "Mastering Complex Control in MOBA Games with Deep Reinforcement Learning"), per token:
 
     r_t = π_θ(y_t) / π_old(y_t)                                        (policy_loss="ppo")
-    r_t = sg[s_i] · π_θ(y_t) / sg[π_θ(y_t)],
-          s_i = exp( (1/|y_i|) Σ_t log(π_θ(y_t) / π_old(y_t)) )        (policy_loss="gspo", Zheng et al., GSPO)
+    r_t = sg[s_i] · π_θ(y_t) / sg[π_θ(y_t)],                          (policy_loss="gspo", Zheng et al., GSPO)
+          s_i = exp( (1/|y_i|) Σ_t log(π_θ(y_t) / π_old(y_t)) )
     l_t = max( -A_t r_t,  -A_t clip(r_t, 1 - ε_low, 1 + ε_high) )
     l_t = min( l_t, -c A_t )   where A_t < 0                              (dual clip, when c is set)
-    l_t = w_t · l_t,   w_t = min( π_old(y_t) / π_engine(y_t), C )         (truncated importance sampling, when C is set)
+    l_t = w_t · l_t,   w_t = min( π_old(y_t) / π_engine(y_t), C )         (truncated importance sampling, C set)
 
     L_actor = agg(l) - entropy_coef · agg(H) + β · agg(KL_k(π_θ || π_ref))   (KL term unless it is in the reward)
 
 π_old is the trainer's policy at the start of the step: batch["trainer_old_logprobs"] when present, else the
 engine's batch["old_logprobs"]. agg is the `cfg.loss_agg` aggregation with the minibatch's `LossNormalizer`.
 
-Value loss (PPO with value clipping):  L_V = value_coef · agg( ½ max((V - R)², (V_old + clip(V - V_old, ±ε_v) - R)²) ).
+Value loss (PPO with value clipping):
+    L_V = value_coef · agg( ½ max((V - R)², (V_old + clip(V - V_old, -ε_v, ε_v) - R)²) ).
 """
 
 from __future__ import annotations
@@ -215,8 +216,8 @@ def critic_loss(values: Tensor, batch: TensorDict, cfg: AlgoConfig,
     """
     require_keys(batch, ("values", "returns", "loss_mask"), "critic_loss reads them")
     mask = batch["loss_mask"].bool()
-    old_values = batch["values"].to(values.dtype)
-    returns = batch["returns"].to(values.dtype)
+    old_values = batch["values"].to(values.dtype).masked_fill(~mask, 0.0)
+    returns = batch["returns"].to(values.dtype).masked_fill(~mask, 0.0)
     values_m = values.masked_fill(~mask, 0.0)
     errors = (values_m - returns) ** 2
     clipped_frac = 0.0

@@ -1,14 +1,14 @@
 """Named algorithms: preset `AlgoConfig` values for PPO and the GRPO family.
 
-    name                   advantage               credit      policy loss  clip (low, high)  aggregation              KL
-    ppo                    gae (+whiten)           token       ppo          0.2, 0.2          token-mean               -
-    grpo                   grpo                    trajectory  ppo          0.2, 0.2          seq-mean-token-mean      k3 loss, β=0.04
-    dr_grpo                dr_grpo                 trajectory  ppo          0.2, 0.2          seq-mean-token-sum-norm  -
-    dapo                   grpo                    trajectory  ppo          0.2, 0.28         token-mean               -
-    gspo                   grpo                    trajectory  gspo         3e-4, 4e-4        seq-mean-token-mean      -
-    rloo                   rloo                    trajectory  ppo          0.2, 0.2          seq-mean-token-sum       -
-    reinforce_pp           reinforce_pp            token       ppo          0.2, 0.2          token-mean               k1 reward, β=0.01
-    reinforce_pp_baseline  reinforce_pp_baseline   trajectory  ppo          0.2, 0.2          token-mean               k2 loss, β=0.001
+    name                   advantage              credit      loss  clip ε low/high  aggregation              KL, β
+    ppo                    gae, whitened          token       ppo   0.2 / 0.2        token-mean               -
+    grpo                   grpo                   trajectory  ppo   0.2 / 0.2        seq-mean-token-mean      k3 loss 0.04
+    dr_grpo                dr_grpo                trajectory  ppo   0.2 / 0.2        seq-mean-token-sum-norm  -
+    dapo                   grpo                   trajectory  ppo   0.2 / 0.28       token-mean               -
+    gspo                   grpo                   trajectory  gspo  3e-4 / 4e-4      seq-mean-token-mean      -
+    rloo                   rloo                   trajectory  ppo   0.2 / 0.2        seq-mean-token-sum       -
+    reinforce_pp           reinforce_pp           token       ppo   0.2 / 0.2        token-mean               k1 reward 0.01
+    reinforce_pp_baseline  reinforce_pp_baseline  trajectory  ppo   0.2 / 0.2        token-mean               k2 loss 0.001
 
 dapo also turns on dynamic sampling and overlong shaping (buffer 0.2 of max_tokens, so it needs max_tokens).
 """

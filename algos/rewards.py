@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from agentgym.algos.config import AlgoConfig
-from agentgym.algos.episodes import EpisodeIndex, require_keys
+from agentgym.algos.episodes import REQUIRED_KEYS, EpisodeIndex, require_keys
 from agentgym.algos.kl import kl_penalty
 
 
@@ -45,8 +45,7 @@ def shape_rewards(batch: TensorDict, cfg: AlgoConfig) -> TensorDict:
     use_overlong = cfg.overlong_buffer_frac > 0.0
     if not (use_kl or use_overlong):
         return batch
-    require_keys(batch, ("loss_mask", "token_rewards", "turn_ids", "episode_return", "group_id", "episode_id"),
-                 "shape_rewards reads them")
+    require_keys(batch, REQUIRED_KEYS, "shape_rewards reads them")
     mask = batch["loss_mask"].bool()
     episodes = EpisodeIndex.from_batch(batch, cfg.group_by_agent)
     rewards = batch["token_rewards"].clone()
@@ -70,5 +69,6 @@ def shape_rewards(batch: TensorDict, cfg: AlgoConfig) -> TensorDict:
     episode_added = episodes.episode_sum(added.sum(-1).float())
     out = batch.clone(recurse=False)
     out.set("token_rewards", rewards + added)
-    out.set("episode_return", batch["episode_return"] + episodes.to_rows(episode_added).to(batch["episode_return"].dtype))
+    episode_return = batch["episode_return"]
+    out.set("episode_return", episode_return + episodes.to_rows(episode_added).to(episode_return.dtype))
     return out

@@ -18,6 +18,7 @@ from agentgym.algos import (
     get_algorithm,
     loss_normalizer,
     overlong_penalty,
+    policy_token_gae,
     register_advantage,
     shape_rewards,
 )
@@ -295,6 +296,18 @@ def test_gae_hand_computation():
     assert policy_values(out, "advantages", 0) == pytest.approx([a0, a1, a2])
     assert policy_values(out, "returns", 0) == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7])
     assert (out["returns"][~out["loss_mask"]] == 0).all()
+
+
+def test_gae_with_gamma_lam_one_is_return_minus_value():
+    # the reversed-cumsum path: A_n = sum_{m >= n} r_m - V_n; padding slots stay 0
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 9.0], [4.0, 9.0, 9.0, 9.0]])
+    values = torch.tensor([[0.5, 0.25, 1.0, 9.0], [1.0, 9.0, 9.0, 9.0]])
+    valid = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    out = policy_token_gae(rewards, values, valid, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(out, torch.tensor([[5.5, 4.75, 2.0, 0.0], [3.0, 0.0, 0.0, 0.0]]))
+    # the recursive path at lam just below 1 agrees closely
+    close = policy_token_gae(rewards, values, valid, gamma=1.0, lam=1.0 - 1e-9)
+    torch.testing.assert_close(close, out)
 
 
 def test_gae_runs_across_the_rows_of_a_split_episode():

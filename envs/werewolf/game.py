@@ -335,19 +335,21 @@ class WerewolfGame:
         """The public rules of this game (the same for every player)."""
         cfg = self.config
         counts = ", ".join(f"{n} {_PLURALS[r] if n > 1 else r}" for r, n in cfg.roles.items())
+        learns = "the role of one player" if cfg.seer_sees_role else "whether one player is a werewolf"
         lines = [
-            f"This is a game of Werewolf with {cfg.num_players} players: {_names(self.players)}.",
+            "This is a game of Werewolf.",
+            f"The {cfg.num_players} players: {_names(self.players)}.",
             f"Roles in this game: {counts}.",
             "Werewolves know each other; everyone else only knows their own role.",
             "Each night the werewolves pick a victim"
-            + (", each seer learns " + ("the role of one player" if cfg.seer_sees_role else "whether one player is a werewolf")
-               if SEER in cfg.roles else "")
+            + (f", each seer learns {learns}" if SEER in cfg.roles else "")
             + (", each doctor protects one player from the attack" if DOCTOR in cfg.roles else "")
             + ".",
             "Each day everyone hears who died, every living player speaks, then all vote to eliminate one player "
             "(the most votes is eliminated; "
             + ("a tie eliminates nobody)." if cfg.vote_tie == "no_elimination" else "a tie is broken at random).")
-            + (" The role of an eliminated player is announced." if cfg.reveal_role_on_elimination else ""),
+            + (" The role of an eliminated player is announced." if cfg.reveal_role_on_elimination else "")
+            + (" The role of a player killed at night is announced." if cfg.reveal_role_on_night_death else ""),
             "The village wins when every werewolf is dead. The werewolves win when they are at least as many as "
             f"the other living players. After day {cfg.max_days} the game is a draw.",
             "When asked for an action, reply with exactly the requested line, e.g. 'VOTE: player3' or 'VOTE: none'. "
@@ -446,12 +448,12 @@ class WerewolfGame:
         return sanitize_speech(text, self.config.speech_blocklist, max_chars).replace("'", "")
 
     def _why_illegal(self, req: Request, target: str) -> str:
+        if req.kind == "protect" and self._last_protect.get(req.player) == target:
+            return f"you protected {target} last night and may not protect the same player twice in a row"
         if target == req.player:
             return f"you cannot target yourself with {req.keyword}"
         if req.kind == "kill" and self.roles[target] == WEREWOLF:
             return f"{target} is a fellow werewolf"
-        if req.kind == "protect" and self._last_protect.get(req.player) == target:
-            return f"you protected {target} last night and may not protect the same player twice in a row"
         return f"{target} is not a legal target"
 
     def _advance(self, value: str | None) -> None:
@@ -547,9 +549,10 @@ class WerewolfGame:
                     "before you choose tonight's victim. Reply with your message.",
                 )
                 if said is None:
-                    self._emit(f"{w} said nothing to the pack.", pack, type="silence", player=w, channel="wolves")
+                    self._emit(f"Night {d}: {w} said nothing to the pack.", pack, type="silence", player=w,
+                               channel="wolves")
                 else:
-                    self._emit(f'{w} (to the pack): "{said}"', pack, type="speech", player=w, text=said,
+                    self._emit(f'Night {d}: {w} (to the pack): "{said}"', pack, type="speech", player=w, text=said,
                                channel="wolves")
         choices: dict[str, str | None] = {}
         prey = tuple(p for p in self.alive if self.roles[p] != WEREWOLF)
@@ -560,10 +563,10 @@ class WerewolfGame:
                 f"{_names(prey)}.",
             )
             choices[w] = target
-            text = f"{w} chose to kill {target}." if target else f"{w} chose no victim."
+            text = f"Night {d}: {w} chose to kill {target}." if target else f"Night {d}: {w} chose no victim."
             self._emit(text, pack, type="kill_choice", player=w, target=target)
         victim = self._resolve_wolf_choice(choices)
-        self._emit(f"The pack attacks {victim} tonight." if victim else "The pack attacks nobody tonight.",
+        self._emit(f"Night {d}: the pack attacks {victim}." if victim else f"Night {d}: the pack attacks nobody.",
                    pack, type="pack_victim", target=victim)
         for s in self._living(SEER):
             options = tuple(p for p in self.alive if p != s)
@@ -573,14 +576,14 @@ class WerewolfGame:
                 f"of: {_names(options)}.",
             )
             if target is None:
-                self._emit("You inspect nobody tonight.", {s}, type="inspection", target=None)
+                self._emit(f"Night {d}: you inspect nobody.", {s}, type="inspection", target=None)
                 continue
             role = self.roles[target]
             if cfg.seer_sees_role:
                 finding = f"{target} is {_article(role)}"
             else:
                 finding = f"{target} is a werewolf" if role == WEREWOLF else f"{target} is not a werewolf"
-            self._emit(f"Your inspection: {finding}.", {s}, type="inspection", target=target,
+            self._emit(f"Night {d} inspection: {finding}.", {s}, type="inspection", target=target,
                        werewolf=role == WEREWOLF, role=role if cfg.seer_sees_role else None)
         protected: set[str] = set()
         for doc in self._living(DOCTOR):
@@ -597,7 +600,7 @@ class WerewolfGame:
             self._last_protect[doc] = target
             if target is not None:
                 protected.add(target)
-            self._emit(f"You protect {target} tonight." if target else "You protect nobody tonight.", {doc},
+            self._emit(f"Night {d}: you protect {target}." if target else f"Night {d}: you protect nobody.", {doc},
                        type="protection", target=target)
         # Dawn.
         self.phase = "day"
