@@ -1,4 +1,5 @@
-"""The ``agentgym`` command: ``train``, ``envs``, ``algos``, ``serve``.
+"""The ``agentgym`` command: ``train``, ``eval``, ``inspect``, ``plot``, ``sweep``, ``bench``, ``envs``, ``algos``,
+``serve``.
 
 ``agentgym train [--config FILE.yaml] [--key value]...``: every TrainConfig field is an option
 (``agentgym train --help`` lists them with their defaults); ``--env.KEY`` / ``--algo.KEY`` pass env arguments and
@@ -14,6 +15,11 @@ USAGE = """usage: agentgym COMMAND [options]
 
 commands:
   train    train a policy on an env (agentgym train --help)
+  eval     success rate of a policy on an env (agentgym eval --help)
+  inspect  show a run's episodes turn by turn, token by token (agentgym inspect --help)
+  plot     learning curves of runs, seeds shaded (agentgym plot --help)
+  sweep    run a sweep file locally: grid or random search (agentgym sweep --help)
+  bench    algorithms x envs x seeds: table, JSON and plots (agentgym bench --help)
   envs     list registered environments
   algos    list named algorithms
   serve    serve a model behind an OpenAI-compatible API (agentgym serve --help)
@@ -22,14 +28,18 @@ commands:
 
 def _train(argv: Sequence[str]) -> int:
     from agentgym.config import help_text, parse_cli
+    from agentgym.sweep import apply_wandb_config
     from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer
 
     if "-h" in argv or "--help" in argv:
-        print("usage: agentgym train [--config FILE.yaml] [--key value]...\n\noptions:")
+        print("usage: agentgym train [--config FILE.yaml] [--key value]...\n\n"
+              "Run by a wandb sweep agent (WANDB_SWEEP_ID set), the values of wandb.config override these.\n\n"
+              "options:")
         print(help_text(TrainConfig, CLI_ALIASES))
         return 0
     try:
         cfg = parse_cli(TrainConfig, argv, CLI_ALIASES)
+        cfg = apply_wandb_config(cfg, CLI_ALIASES)
         cfg.algo_config()  # validate the algorithm and its overrides before loading a model
     except (KeyError, ValueError) as e:
         print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
@@ -83,7 +93,40 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "envs": _envs, "algos": _algos, "serve": _serve}
+def _eval(argv: Sequence[str]) -> int:
+    from agentgym.evaluate import main as eval_main
+
+    return eval_main(argv)
+
+
+def _inspect(argv: Sequence[str]) -> int:
+    from agentgym.inspect import main as inspect_main
+
+    return inspect_main(argv)
+
+
+def _plot(argv: Sequence[str]) -> int:
+    from agentgym.plot import main as plot_main
+
+    return plot_main(argv)
+
+
+def _sweep(argv: Sequence[str]) -> int:
+    from agentgym.sweep import main as sweep_main
+
+    return sweep_main(argv)
+
+
+def _bench(argv: Sequence[str]) -> int:
+    from agentgym.suite import main as suite_main
+
+    return suite_main(argv)
+
+
+COMMANDS = {
+    "train": _train, "eval": _eval, "inspect": _inspect, "plot": _plot, "sweep": _sweep, "bench": _bench,
+    "envs": _envs, "algos": _algos, "serve": _serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

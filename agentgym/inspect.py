@@ -193,15 +193,18 @@ def model_of_run(run_dir: str | Path) -> str | None:
         run = run.parent
     if (run / "model" / "tokenizer_config.json").is_file():
         return str(run / "model")
-    for name in ("config.json", "eval.json"):
-        path = run / name
-        if path.is_file():
-            try:
-                model = json.loads(path.read_text()).get("model")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if model:
-                return str(model)
+    if (run / "config.json").is_file():
+        try:
+            model = json.loads((run / "config.json").read_text()).get("model")
+        except (json.JSONDecodeError, AttributeError):
+            model = None
+        if model:
+            return str(model)
+    if (run / "eval.json").is_file():  # written by agentgym eval --out-dir
+        try:
+            return json.loads((run / "eval.json").read_text())["settings"]["tokenizer"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
     return None
 
 

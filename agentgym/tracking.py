@@ -1,7 +1,9 @@
 """Run logging: JSONL metrics in the run directory, a console summary, and wandb.
 
 wandb follows ``WANDB_MODE``; without credentials (no ``WANDB_API_KEY`` and no login) it runs offline, so a run
-never waits on the network. The logger watches the loop and never steers it.
+never waits on the network; offline runs land in ``RUN_DIR/wandb/`` (``wandb sync`` uploads them later). Inside a
+wandb sweep (a process started by ``wandb agent``) the logger joins the agent's run. The logger watches the loop
+and never steers it.
 """
 
 from __future__ import annotations
@@ -9,12 +11,50 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-SUMMARY_KEYS = ("reward_mean", "success_rate", "turns_mean", "kl", "entropy", "clip_frac", "iteration_s")
+SUMMARY_KEYS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("reward", ("reward_mean",), ".3f"),
+    ("success", ("success_rate",), ".3f"),
+    ("turns", ("turns_mean",), ".2f"),
+    ("tokens", ("episode_tokens_mean",), ".1f"),
+    ("kl", ("actor/kl_ref", "actor/approx_kl"), ".2e"),
+    ("entropy", ("actor/entropy",), ".3f"),
+    ("clip", ("actor/clip_frac",), ".3f"),
+    ("gen tok/s", ("rollout_tokens_per_s",), ".0f"),
+    ("train tok/s", ("train_tokens_per_s",), ".0f"),
+    ("mem MiB", ("peak_rss_mb",), ".0f"),
+    ("s", ("iteration_s",), ".1f"),
+)
+"""The console line: (label, metric names tried in order, format)."""
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory of this process in MiB (``peak_rss_mb``) and, when CUDA is in use, the peak memory
+    allocated on the current GPU (``cuda_peak_mb``)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024}
+    torch = sys.modules.get("torch")  # only when the program already uses torch; never import it here
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    """The per-iteration console summary of a metrics record."""
+    parts = []
+    for label, keys, fmt in SUMMARY_KEYS:
+        for key in keys:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                parts.append(f"{label} {value:{fmt}}")
+                break
+    return " · ".join(parts)
 
 
 def _wandb_mode() -> str:
@@ -54,6 +94,11 @@ class RunLogger:
         if use_wandb:
             import wandb
 
+            if wandb.run is not None and os.environ.get("WANDB_SWEEP_ID"):
+                # A wandb agent's run that agentgym.sweep.apply_wandb_config already joined: log into it.
+                self.wandb_run = wandb.run
+                self.wandb_run.config.update(config or {}, allow_val_change=True)
+                return
             self.wandb_run = wandb.init(
                 project=project,
                 name=name or self.run_dir.name,
@@ -64,14 +109,16 @@ class RunLogger:
             )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append one iteration's metrics (peak memory added when missing) to every sink."""
         record = {"iteration": step, **{k: _plain(v) for k, v in metrics.items()}}
+        for k, v in peak_memory().items():
+            record.setdefault(k, v)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log(record, step=step)
         if self.console is not None:
-            parts = [f"{k}={record[k]:.4g}" for k in SUMMARY_KEYS if isinstance(record.get(k), (int, float))]
-            self.console.print(f"[bold]iter {step}[/bold] " + " ".join(parts), highlight=False)
+            self.console.print(f"[bold]iter {step}[/bold] " + summary_line(record), highlight=False, markup=True)
 
     def close(self) -> None:
         if self.wandb_run is not None:

@@ -170,6 +170,10 @@ class Trainer:
             group_size=self.algo.group_size,
             num_threads=cfg.env_threads,
         )
+        if self.algo.max_tokens is None:
+            # The policy-token budget of an episode (Dr. GRPO's normalizer, DAPO's overlong limit).
+            turns = getattr(getattr(self.collector.venv.envs[0], "env", None), "max_turns", None) or 1
+            self.algo = dataclasses.replace(self.algo, max_tokens=cfg.max_new_tokens * int(turns))
         self.iteration = 0
         self.run_dir = Path(cfg.run_dir or _default_run_dir(cfg))
         if cfg.resume:

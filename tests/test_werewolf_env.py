@@ -9,7 +9,7 @@ import pytest
 import agentgym
 from agentgym.envs.werewolf.agents import HeuristicAgent, RandomAgent, play_game, seat_agents
 from agentgym.envs.werewolf.env import WerewolfEnv, WerewolfMessageEnv, WerewolfTextEnv
-from agentgym.envs.werewolf.game import WEREWOLF, WerewolfConfig
+from agentgym.envs.werewolf.game import WEREWOLF, WEREWOLVES, WerewolfConfig
 from agentgym.message_env import ChatTokenEnv
 
 ROLE_WORDS = re.compile(r"werewol|seer|doctor|villager", re.IGNORECASE)
@@ -158,7 +158,8 @@ def test_invalid_action_gets_a_corrective_observation(tiny_tokenizer):
     assert nxt == agent and not info["valid"] and rewards[agent] == -0.25
     assert "not a player name" in info["text"] and "attempt 2 of 2" in info["text"]
     nxt, obs, rewards, *_, info = env.step(reply_ids(tok, "KILL: nobody"))
-    assert nxt != agent or env.game.request.kind != "kill" or env.game.request.attempt == 1
+    assert info["defaulted"] and env.game.request.attempt == 1 and rewards[agent] == -0.25
+    assert f"{agent} chose no victim" in tok.decode(env.observe(agent).tolist())
 
 
 def test_scripted_seats_are_played_by_the_env(tiny_tokenizer):
@@ -188,6 +189,38 @@ def test_step_before_reset(tiny_tokenizer):
     env = WerewolfEnv(tiny_tokenizer)
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.array([1]))
+
+
+def test_collector_loop_builds_one_merged_row_per_seat(tiny_tokenizer):
+    # The loop a multi-agent collector runs: per seat, each turn's context extends the previous turn's context and
+    # action, and rewards are credited to the rewarded player's latest turn.
+    from agentgym.batch import Episode, Turn, to_batch
+
+    tok = tiny_tokenizer
+    env = WerewolfEnv(tok, scripted={"village": HeuristicAgent}, max_context_tokens=100_000)
+    rng = np.random.default_rng(0)
+    agent, obs, info = env.reset(seed=3)
+    turns = {a: [] for a in env.possible_agents}
+    while agent is not None:
+        context = env.context_ids(agent).tolist() + obs.tolist()
+        req = env.game.request  # stands in for the engine: a legal command, or a few random ids
+        text = f"{req.keyword}: {req.targets[0]}" if req.targets else "I suspect nobody."
+        action = reply_ids(tok, text).tolist() if rng.random() < 0.8 else rng.integers(5, 100, size=4).tolist()
+        turns[agent].append(Turn(context, action, [-1.0] * len(action)))
+        agent, obs, rewards, terminated, truncated, info = env.step(action)
+        for a, r in rewards.items():
+            if r and turns[a]:
+                turns[a][-1].reward += r
+    assert terminated
+    for a, ts in turns.items():
+        for prev, cur in zip(ts, ts[1:]):
+            assert cur.prompt_ids[: len(prev.prompt_ids) + len(prev.action_ids)] == prev.prompt_ids + prev.action_ids
+    episodes = [Episode(ts, agent_id=env.possible_agents.index(a), terminated=True) for a, ts in turns.items() if ts]
+    assert {env.possible_agents[e.agent_id] for e in episodes} == set(env.agents)  # only the LLM seats
+    batch, stats = to_batch(episodes, pad_id=tok.pad_token_id)
+    assert batch.batch_size[0] == len(episodes) and stats["unmerged_episodes"] == 0
+    win = info["winner"] == WEREWOLVES
+    assert sorted(batch["episode_return"].tolist()) == [1.0 if win else -1.0] * len(episodes)
 
 
 # -- single seat ------------------------------------------------------------------------------------------------------
@@ -254,7 +287,7 @@ def test_make(tiny_tokenizer):
     assert info["role"] == WEREWOLF and total in (-1.0, 0.0, 1.0)
 
 
-# -- PettingZoo ---------------------------------------------------------------------------------------------------------
+# -- PettingZoo --------------------------------------------------------------------------------------------------------
 def test_pettingzoo_api(tiny_tokenizer):
     pytest.importorskip("pettingzoo")
     from pettingzoo.test import api_test

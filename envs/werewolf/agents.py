@@ -160,14 +160,27 @@ class HeuristicAgent(ScriptedAgent):
     def _seat(self, player: str) -> int:
         return int(player[len("player"):])
 
+    def _contradicts(self, target: str, wolf: bool) -> bool:
+        """Whether a claim "target is (not) a werewolf" is false by what this player knows."""
+        if target == self.player:
+            return wolf != (self.role == WEREWOLF)
+        known = self.revealed.get(target)
+        if known is not None and (known == WEREWOLF) != wolf:
+            return True
+        return target in self.inspections and self.inspections[target] != wolf
+
+    def _liars(self) -> set[str]:
+        """Living players whose seer claim this player knows to be false (so, for the village, werewolves)."""
+        return {
+            c for _, c, t, wolf in self.claims if c != self.player and c in self.alive and self._contradicts(t, wolf)
+        }
+
     def _trusted_claim(self) -> tuple[str, str, bool] | None:
         """(claimer, target, says werewolf) of the claim the village trusts, if any."""
+        liars = self._liars()
         for _, claimer, target, wolf in self.claims:
-            if claimer == self.player:
+            if claimer == self.player or claimer in liars or self._contradicts(target, wolf):
                 continue
-            known = self.revealed.get(target)
-            if known is not None and (known == WEREWOLF) != wolf:
-                continue  # a revealed role proved this claim false
             if self.revealed.get(claimer) == WEREWOLF:
                 continue
             return claimer, target, wolf
@@ -199,6 +212,7 @@ class HeuristicAgent(ScriptedAgent):
 
     def _village_target(self, candidates: Sequence[str]) -> str | None:
         known = [p for p, wolf in self.inspections.items() if wolf and p in candidates]
+        known += sorted(p for p in self._liars() if p in candidates)
         if known:
             return known[0]
         claim = self._trusted_claim()
@@ -278,6 +292,8 @@ class HeuristicAgent(ScriptedAgent):
             if known:
                 return f"I am the seer. {known[0]} is a werewolf. Vote for {known[0]}."
             target = self._village_target(self._living_others())
+            if target in self._liars():
+                return f"I suspect {target}. That seer claim is false."
             return f"I suspect {target}." if target else "I have nothing to add."
         if kind == "vote":
             target = self._village_target(list(request.targets))
@@ -365,3 +381,21 @@ def win_rates(seating: Seating, num_games: int = 200, config: WerewolfConfig | N
         days += info["days"]
     n = max(num_games, 1)
     return WinRates(num_games, wins[VILLAGE] / n, wins[WEREWOLVES] / n, wins[DRAW] / n, days / n)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the win rates of scripted line-ups over seeded games."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Win rates of scripted Werewolf line-ups.")
+    parser.add_argument("--games", type=int, default=200, help="games per line-up (seeds seed, seed + 1, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    args = parser.parse_args(argv)
+    lineups = {
+        "random village vs random werewolves": {"village": RandomAgent, "werewolves": RandomAgent},
+        "heuristic village vs random werewolves": {"village": HeuristicAgent, "werewolves": RandomAgent},
+        "random village vs heuristic werewolves": {"village": RandomAgent, "werewolves": HeuristicAgent},
+        "heuristic village vs heuristic werewolves": {"village": HeuristicAgent, "werewolves": HeuristicAgent},
+    }
+    for name, seating in lineups.items():
+        print(f"{name:44s} {win_rates(seating, args.games, seed=args.seed)}")

@@ -103,7 +103,7 @@ class WerewolfTextEnv:
     # -- the API ---------------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None) -> str | None:
         """Deal a new game and play scripted seats up to the first LLM decision; return the seat to act (or None
-        when every seat is scripted and the game already ended)."""
+        when every seat is scripted and the game already ended). ``options`` is accepted for API symmetry."""
         self.game = WerewolfGame(self.config, seed=seed)
         seats = self._choose_seats(self.game, seed)
         self._bots = {}
@@ -224,12 +224,18 @@ class WerewolfEnv:
 
     An episode ends with ``terminated=True`` when the game ends, or ``truncated=True`` (no team reward;
     ``info["truncation_reason"] == "context_length"``) when a seat's context would exceed ``max_context_tokens``.
-    The final ``info`` holds ``roles``, ``winner``, ``log`` and the rest of :meth:`WerewolfGame.final_info`.
+    ``info`` of a step: ``acted`` (the seat that just acted), ``action_text`` (its reply as the game read it),
+    ``valid``, ``error``, ``defaulted`` (what the game made of it), and for the next seat ``agent``, ``kind`` (the
+    decision it faces: ``wolf_talk``, ``kill``, ``inspect``, ``protect``, ``speak`` or ``vote``), ``attempt`` (2 or more
+    after an invalid reply), ``day``, ``context_tokens`` (its context length once ``obs`` is appended) and ``text``
+    (``obs`` decoded). The final ``info`` adds ``roles``, ``teams``, ``winner``, ``end_reason``, ``returns`` and the
+    full ``log`` (:meth:`WerewolfGame.final_info`). Secret roles never reach a seat's observation; :attr:`roles` is
+    there for the harness (to pick a policy per role).
 
     Args:
         tokenizer: a transformers tokenizer with a chat template (e.g. ``agentgym.tiny.make_tiny_tokenizer()``).
-        config: the rules; keyword ``overrides`` replace its fields. ``speech_blocklist`` defaults to the tokenizer's
-            special tokens, so a seat's speech cannot forge chat structure in another seat's prompt.
+        config: the rules; keyword ``overrides`` replace its fields. The tokenizer's special tokens are added to
+            ``speech_blocklist``, so a seat's speech cannot forge chat structure in another seat's prompt.
         scripted: scripted agents for some seats (see :class:`WerewolfTextEnv`).
         max_context_tokens: the longest context any seat may reach.
     """
@@ -245,8 +251,8 @@ class WerewolfEnv:
         **overrides: Any,
     ):
         config = _make_config(config, overrides)
-        if not config.speech_blocklist:
-            config = replace(config, speech_blocklist=_blocklist(tokenizer))
+        blocklist = tuple(dict.fromkeys(config.speech_blocklist + _blocklist(tokenizer)))
+        config = replace(config, speech_blocklist=blocklist)
         if max_context_tokens <= 0:
             raise ValueError(f"max_context_tokens must be positive, got {max_context_tokens}")
         self.text = WerewolfTextEnv(config, scripted)
@@ -286,7 +292,7 @@ class WerewolfEnv:
         return self.text.game
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[str | None, np.ndarray, dict]:
-        """Start a game; return the first seat to act, its prompt ids, and info (``agent``, ``roles`` excluded)."""
+        """Start a game; return the first seat to act, its prompt ids, and info (see the class docstring)."""
         self.text.reset(seed=seed, options=options)
         self._ids: dict[str, list[int]] = {p: [] for p in self.possible_agents}
         self._before: dict[str, list[Message]] = {p: [] for p in self.possible_agents}

@@ -345,7 +345,9 @@ class WerewolfGame:
             + (f", each seer learns {learns}" if SEER in cfg.roles else "")
             + (", each doctor protects one player from the attack" if DOCTOR in cfg.roles else "")
             + ".",
-            "Each day everyone hears who died, every living player speaks, then all vote to eliminate one player "
+            "Each day everyone hears who died, "
+            + ("every living player speaks, then " if cfg.discussion_rounds else "then ")
+            + "all vote to eliminate one player "
             "(the most votes is eliminated; "
             + ("a tie eliminates nobody)." if cfg.vote_tie == "no_elimination" else "a tie is broken at random).")
             + (" The role of an eliminated player is announced." if cfg.reveal_role_on_elimination else "")
@@ -495,7 +497,7 @@ class WerewolfGame:
         self.winner = winner
         self.end_reason = reason
         self.done = True
-        headline = "draw" if winner == DRAW else f"the {winner} win"
+        headline = {DRAW: "draw", VILLAGE: "the village wins", WEREWOLVES: "the werewolves win"}[winner]
         self._emit(f"Game over: {headline} ({reason}).", None, type="game_over", winner=winner, reason=reason)
         for p in self.players:
             if winner == DRAW:
