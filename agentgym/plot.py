@@ -23,7 +23,7 @@ IGNORED_KEYS = frozenset({
 })
 """Config keys that do not change what a run learns (the seed, where it writes, how it reports)."""
 
-DEFAULT_METRICS = ("reward_mean", "success_rate")
+DEFAULT_METRICS = ("success_rate", "reward_mean")
 
 
 @dataclass

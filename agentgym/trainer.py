@@ -122,9 +122,15 @@ class Trainer:
         model, tokenizer: a policy to train instead of loading ``cfg.model`` (tests pass tiny ones).
         engine: the inference engine; by default a :class:`~agentgym.engines.TransformersEngine` sharing the
             trained module, so pushing weights costs nothing on one machine.
+        collector: anything with ``collect(seed) -> list[Episode]`` (e.g. a
+            :class:`~agentgym.multi_agent.MultiAgentCollector` whose trainable policy is ``self.engine``), built
+            from the trainer's engine by a callable ``collector(trainer)``; by default a
+            :class:`~agentgym.collector.Collector` over ``cfg.env``.
     """
 
-    def __init__(self, cfg: TrainConfig, model: Any = None, tokenizer: Any = None, engine: Any = None):
+    def __init__(
+        self, cfg: TrainConfig, model: Any = None, tokenizer: Any = None, engine: Any = None, collector: Any = None
+    ):
         import agentgym
         from agentgym.engines import SamplingParams, TransformersEngine
 
@@ -160,7 +166,7 @@ class Trainer:
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
         )
         env_kwargs = dict(cfg.env_kwargs)
-        self.collector = Collector(
+        self.collector = collector(self) if collector is not None else Collector(
             lambda: agentgym.make(
                 cfg.env, tokenizer=tokenizer, max_context_tokens=cfg.max_context_tokens, **env_kwargs
             ),
@@ -172,7 +178,8 @@ class Trainer:
         )
         if self.algo.max_tokens is None:
             # The policy-token budget of an episode (Dr. GRPO's normalizer, DAPO's overlong limit).
-            turns = getattr(getattr(self.collector.venv.envs[0], "env", None), "max_turns", None) or 1
+            envs = getattr(getattr(self.collector, "venv", None), "envs", None) or [None]
+            turns = getattr(getattr(envs[0], "env", None), "max_turns", None) or 1
             self.algo = dataclasses.replace(self.algo, max_tokens=cfg.max_new_tokens * int(turns))
         self.iteration = 0
         self.run_dir = Path(cfg.run_dir or _default_run_dir(cfg))
@@ -303,6 +310,7 @@ class Trainer:
         batch, agg = to_batch(episodes, pad_id=self.tokenizer.pad_token_id or 0)
         metrics = episode_metrics(episodes)
         metrics.update(agg)
+        metrics.update(getattr(self.collector, "last_stats", {}))
         metrics["rollout_tokens_per_s"] = metrics["policy_tokens"] / max(t_rollout, 1e-9)
         if self.algo.dynamic_sampling:
             batch, dropped = algos.filter_groups(batch, self.algo)

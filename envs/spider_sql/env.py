@@ -93,8 +93,8 @@ def format_result(res: ExecutionResult, preview_rows: int = 5, max_value_chars: 
     return head + "\n" + format_rows(res.columns, shown, max_value_chars)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def _replies(n: int) -> str:
+    return f"{n} {'reply' if n == 1 else 'replies'}"
 
 
 class SpiderSQLEnv(MessageEnv):
@@ -199,7 +199,7 @@ class SpiderSQLEnv(MessageEnv):
             "Write the query in a ```sql code block. The database runs it and shows you the first rows of the "
             "result, or the error. You may then write a corrected query in a new ```sql block.\n"
             f"When the result answers the question, reply {m} to submit your last query (or write {m} after "
-            f"your final ```sql block). You have {_plural(self.max_turns, 'reply')}; after the last one your "
+            f"your final ```sql block). You have {_replies(self.max_turns)}; after the last one your "
             "last query is submitted. Only the submitted query is scored, on whether its result matches the "
             "correct answer."
         )
@@ -285,7 +285,7 @@ class SpiderSQLEnv(MessageEnv):
         else:
             res = self._sandbox(self.example.db_path).execute(query, max_rows=max(self.preview_rows, 1000))
             body = format_result(res, self.preview_rows)
-            body += f"\n\nYou have {_plural(left, 'reply')} left. Write a corrected query, or reply " \
+            body += f"\n\nYou have {_replies(left)} left. Write a corrected query, or reply " \
                     f"{self.submit_marker} to submit this one."
         info = {"turn": self.turn, "query": query, "submitted": False}
         return [{"role": "user", "content": body}], reward, False, False, info
