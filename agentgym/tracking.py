@@ -118,7 +118,7 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.log(record, step=step)
         if self.console is not None:
-            self.console.print(f"[bold]iter {step}[/bold] " + summary_line(record), highlight=False, markup=True)
+            self.console.print(f"[bold]iter {step}[/bold] " + summary_line(record), highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.wandb_run is not None:

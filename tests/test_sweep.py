@@ -140,7 +140,8 @@ def test_local_sweep_writes_a_results_table(tmp_path):
     assert [r.status for r in results] == ["ok", "ok"]
     assert all(r.iterations == 2 and 0.0 <= r.final <= 1.0 for r in results)
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| rank | run | seed | final success_rate |" in table and "run-001" in table
+    assert "| rank | run | lr | seed | final success_rate |" in table and "run-001" in table
+    assert "| lr | seeds | final success_rate | auc |" in table  # the seeds' mean ± std per configuration
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(data["runs"]) == 2 and data["runs"][0]["params"]["lr"] == 0.003
     assert (tmp_path / "out" / "curves.png").is_file()

@@ -6,7 +6,8 @@ Episode protocol (told to the policy in the system prompt):
    (``CREATE TABLE`` statements, optionally sample rows) and the question.
 2. Each reply should hold one SQLite query, preferably in a fenced block (```sql ... ```). The query taken from a
    reply is the last fenced block (one tagged ``sql``/``sqlite`` preferred); without a fence, the text from the
-   first ``SELECT`` or ``WITH`` keyword; in both cases up to the first ``;`` outside a string.
+   first upper-case ``SELECT`` or ``WITH`` (else a line starting with ``select``/``with`` in any case, else the
+   first ``select``) to the next blank line; in both cases up to the first ``;`` outside a string or comment.
 3. A reply that contains the submit marker (``SUBMIT`` by default, as a separate word outside code) submits: the
    final query is the query in that reply, or, when it has none, the last query of an earlier reply. The episode
    then ends and is scored.
@@ -24,26 +25,32 @@ query nor the marker adds ``reward_invalid_reply``. Defaults give the plain 1/0 
 The episode always ends with ``terminated=True`` (submitting and running out of turns both end the task and
 score it); ``truncated`` is left to the token-level wrapper's context limit. The final ``info`` holds
 ``success``, ``correct``, ``final_query``, ``gold_query``, ``end_reason`` (``submitted`` or ``max_turns``),
-``match_reason``, ``difficulty``, ``db_id`` and ``example_index``.
+``match_reason`` (``match``, ``mismatch``, ``error``, ``timeout``, ``too_many_rows``, ``no_query``, or
+``gold_error`` when the example's own gold query fails: scored as an error, with a warning), ``difficulty``,
+``db_id`` and ``example_index``.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import gymnasium as gym
 
-from agentgym.envs.spider_sql.data import SpiderExample, load_spider, load_tables
-from agentgym.envs.spider_sql.evaluation import execution_match, suite_db_paths
+from agentgym.envs.spider_sql.data import DatabaseSchema, SpiderExample, load_spider, load_tables
+from agentgym.envs.spider_sql.evaluation import GoldQueryError, execution_match, suite_db_paths
 from agentgym.envs.spider_sql.sandbox import ExecutionResult, SQLSandbox
 from agentgym.envs.spider_sql.schema import format_rows, serialize_schema
 from agentgym.envs.spider_sql.sql_text import tokenize
 from agentgym.message_env import Message, MessageEnv
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_START_RE = re.compile(r"\b(SELECT|WITH)\b", re.IGNORECASE)
+_START_RE = re.compile(r"\b(?:SELECT|WITH)\b")
+_START_LINE_RE = re.compile(r"^[ \t]*(select|with)\b", re.IGNORECASE | re.MULTILINE)
+_START_ANY_RE = re.compile(r"\bselect\b", re.IGNORECASE)
+_BLANK_LINE_RE = re.compile(r"\n[ \t]*\n")
 
 
 def _first_statement(sql: str) -> str:
@@ -68,10 +75,10 @@ def extract_sql(text: str) -> str | None:
         body = (tagged or [b for _, b in blocks])[-1]
         sql = _first_statement(body)
         return sql or None
-    m = _START_RE.search(text)
+    m = _START_RE.search(text) or _START_LINE_RE.search(text) or _START_ANY_RE.search(text)
     if not m:
         return None
-    sql = _first_statement(text[m.start():])
+    sql = _first_statement(_BLANK_LINE_RE.split(text[m.start():], maxsplit=1)[0])
     return sql or None
 
 
@@ -117,9 +124,14 @@ class SpiderSQLEnv(MessageEnv):
         reward_error: final reward when it fails or there is none.
         reward_invalid_reply: added for each reply with neither a query nor the marker.
         keep_distinct: score without removing DISTINCT (the official evaluation removes it by default).
+        use_test_suite: score on every ``*.sqlite`` in the database's folder (a test suite, as the official
+            evaluation does), not only on ``<db_id>.sqlite``.
         timeout_s: time limit per query run.
         max_result_rows: most rows fetched per query (a prediction with more scores 0).
         system_prompt: replace the built-in instructions (``{max_turns}`` and ``{marker}`` are filled in).
+        task_order: ``random`` (each reset draws a question with ``np_random``) or ``by_seed`` (``reset(seed=s)``
+            serves question ``s mod len(examples)``, a reset without a seed the next one), so that N consecutive
+            seeds visit every question once, e.g. for a full dev-set evaluation.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -141,15 +153,19 @@ class SpiderSQLEnv(MessageEnv):
         reward_error: float = 0.0,
         reward_invalid_reply: float = 0.0,
         keep_distinct: bool = False,
+        use_test_suite: bool = True,
         timeout_s: float = 2.0,
         max_result_rows: int = 100_000,
         system_prompt: str | None = None,
+        task_order: str = "random",
     ):
         super().__init__()
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
         if schema_source not in ("sqlite", "tables_json"):
             raise ValueError(f"schema_source must be 'sqlite' or 'tables_json', got {schema_source!r}")
+        if task_order not in ("random", "by_seed"):
+            raise ValueError(f"task_order must be 'random' or 'by_seed', got {task_order!r}")
         if not submit_marker or not submit_marker.strip():
             raise ValueError("submit_marker must be a non-empty word")
         self.examples = list(examples) if examples is not None else load_spider(
@@ -169,10 +185,12 @@ class SpiderSQLEnv(MessageEnv):
         self.reward_error = float(reward_error)
         self.reward_invalid_reply = float(reward_invalid_reply)
         self.keep_distinct = bool(keep_distinct)
+        self.use_test_suite = bool(use_test_suite)
         self.timeout_s = float(timeout_s)
         self.max_result_rows = int(max_result_rows)
         self.system_prompt = system_prompt
-        self._tables = None
+        self.task_order = task_order
+        self._tables: dict[tuple[Path, str], dict[str, DatabaseSchema]] = {}
         self._schemas: dict[tuple[Path, str], str] = {}
         self._sandboxes: dict[Path, SQLSandbox] = {}
         self.example: SpiderExample | None = None
@@ -210,10 +228,10 @@ class SpiderSQLEnv(MessageEnv):
         if key not in self._schemas:
             entry = None
             if self.schema_source == "tables_json":
-                if self._tables is None:
-                    root = self.data_dir if self.data_dir is not None else example.db_path.parents[2]
-                    self._tables = load_tables(root, self.split)
-                entry = self._tables[example.db_id]
+                root = example.db_path.parents[2]  # <data_dir>/<database folder>/<db_id>/<db_id>.sqlite
+                if (root, example.split) not in self._tables:
+                    self._tables[(root, example.split)] = load_tables(root, example.split)
+                entry = self._tables[(root, example.split)][example.db_id]
             self._schemas[key] = serialize_schema(example.db_path, self.sample_rows, entry)
         return self._schemas[key]
 
@@ -231,13 +249,16 @@ class SpiderSQLEnv(MessageEnv):
         return self._sandboxes[path]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[Message], dict]:
-        """Start an episode on a random question, or on ``options["index"]`` (a position in ``self.examples``)."""
+        """Start an episode on ``options["index"]`` (a position in ``self.examples``) if given, else on the
+        question ``task_order`` picks."""
         gym.Env.reset(self, seed=seed)  # seeds self.np_random (MessageEnv.reset itself is abstract)
         options = options or {}
         if "index" in options:
             index = int(options["index"])
             if not 0 <= index < len(self.examples):
                 raise IndexError(f"options['index'] = {index} is outside 0..{len(self.examples) - 1}")
+        elif self.task_order == "by_seed":
+            index = (seed if seed is not None else self._index + 1) % len(self.examples)
         else:
             index = int(self.np_random.integers(len(self.examples)))
         self.example = self.examples[index]
@@ -298,18 +319,26 @@ class SpiderSQLEnv(MessageEnv):
         if final is None:
             correct, match_reason, final_reward = False, "no_query", self.reward_error
         else:
-            paths = suite_db_paths(ex.db_path)
-            verdict = execution_match(
-                final,
-                ex.query,
-                paths,
-                keep_distinct=self.keep_distinct,
-                timeout_s=self.timeout_s,
-                max_rows=self.max_result_rows,
-                sandboxes={p: self._sandbox(p) for p in paths},
-            )
-            correct, match_reason = verdict.correct, verdict.reason
-            if correct:
+            paths = suite_db_paths(ex.db_path) if self.use_test_suite else [ex.db_path]
+            try:
+                verdict = execution_match(
+                    final,
+                    ex.query,
+                    paths,
+                    keep_distinct=self.keep_distinct,
+                    timeout_s=self.timeout_s,
+                    max_rows=self.max_result_rows,
+                    sandboxes={p: self._sandbox(p) for p in paths},
+                )
+            except GoldQueryError as e:
+                # A broken example in the user's data: score it 0 and say so, rather than stop a training run.
+                warnings.warn(f"{ex.split} example {ex.index} ({ex.db_id}) cannot be scored: {e}", stacklevel=2)
+                verdict = None
+            correct = verdict is not None and verdict.correct
+            match_reason = verdict.reason if verdict is not None else "gold_error"
+            if verdict is None:
+                final_reward = self.reward_error
+            elif correct:
                 final_reward = self.reward_correct
             elif verdict.pred.ok:
                 final_reward = self.reward_executes

@@ -1,40 +1,48 @@
-"""Run untrusted SQL against a SQLite database without letting it write, escape or hang.
+"""Run untrusted SQL against a SQLite database without letting it write, escape, crash the caller or hang.
 
-Defences, each sufficient for writes on its own, layered because the policy is adversarial by construction:
+Defences, layered because the policy is adversarial by construction:
 
 - the file is opened read-only (URI ``mode=ro``) and ``PRAGMA query_only`` is on;
-- an authorizer allows only reading: SELECT, reading columns, calling SQL functions (``load_extension`` refused),
-  recursive CTEs and a short list of informational pragmas (``table_info`` and friends, without a value);
-  ATTACH, DETACH (and so ``VACUUM INTO``), every write, schema change, transaction and pragma assignment is denied;
+- an authorizer allows only reading: SELECT, reading columns, calling SQL functions, recursive CTEs and a short
+  list of informational pragmas (``table_info`` and friends). ATTACH, DETACH (and so ``VACUUM INTO``), every
+  write, schema change, transaction and pragma assignment is denied, as are the functions ``load_extension`` and
+  ``fts3_tokenizer``;
 - ``SQLITE_LIMIT_ATTACHED`` is 0, extension loading stays disabled, and only one statement runs (SQLite's
   Python binding refuses trailing statements);
-- a statement must start with SELECT, WITH or VALUES, and may be at most ``max_query_chars`` long;
+- a statement must start with SELECT, WITH, VALUES or PRAGMA, and may be at most ``max_query_chars`` long;
 - a progress handler interrupts any statement, fetching included, that runs past ``timeout_s`` (wall clock);
-- at most ``max_rows`` rows are fetched, and strings and blobs longer than ``max_value_bytes`` are refused.
+- at most ``max_rows`` rows are fetched, and strings and blobs longer than ``max_value_bytes`` are refused;
+- with ``isolation="process"`` (the default on POSIX systems) queries run in a small worker process with capped
+  memory (``memory_limit_mb``); a query still running ``kill_grace_s`` after its time limit (one SQLite call
+  can run long between two progress checks) or crashing SQLite takes down only the worker, which is restarted
+  for the next query. With ``isolation="none"`` queries run in this process, and ``printf``/``format`` (whose
+  repeat counts can loop inside a single call) are refused.
 
 Every failure comes back as an :class:`ExecutionResult` with ``error`` set; nothing raises.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import select
 import sqlite3
+import struct
+import subprocess
+import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from agentgym.envs.spider_sql import sqlite_worker
 from agentgym.envs.spider_sql.sql_text import first_keyword
+from agentgym.envs.spider_sql.sqlite_worker import READ_ONLY_PRAGMAS
 
-ALLOWED_STATEMENTS = ("SELECT", "WITH", "VALUES")
-"""A query must start with one of these keywords."""
+__all__ = ["ALLOWED_STATEMENTS", "READ_ONLY_PRAGMAS", "ExecutionResult", "SQLSandbox", "execute_sql"]
 
-READ_ONLY_PRAGMAS = frozenset(
-    {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
-)
-"""Pragmas the policy may call (without a value) to inspect the schema."""
-
-_ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
-_DENIED_FUNCTIONS = frozenset({"load_extension"})
+ALLOWED_STATEMENTS = ("SELECT", "WITH", "VALUES", "PRAGMA")
+"""A query must start with one of these keywords (the authorizer then decides which pragmas may run)."""
 
 
 @dataclass
@@ -60,19 +68,45 @@ class ExecutionResult:
         return self.error is None
 
 
-def _authorizer(action: int, arg1: Any, arg2: Any, _db: Any, _trigger: Any) -> int:
-    if action in _ALLOWED_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_FUNCTION:
-        return sqlite3.SQLITE_DENY if str(arg2).lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() in READ_ONLY_PRAGMAS and arg2 is None:
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
+def _stop(proc: subprocess.Popen) -> None:
+    """End a worker process and release its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
 
 
-def _decode_text(b: bytes) -> str:
-    # Spider's databases hold a few strings that are not valid UTF-8; the official evaluation drops those bytes.
-    return b.decode("utf-8", errors="ignore")
+def _read_exact(fd: int, n: int, deadline: float) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_message(proc: subprocess.Popen, deadline: float) -> dict | None:
+    """One length-prefixed pickle from the worker, or None on timeout or end of stream."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    head = _read_exact(fd, 8, deadline)
+    if head is None:
+        return None
+    # The worker has answered; give a large result time to arrive.
+    body = _read_exact(fd, struct.unpack("<Q", head)[0], max(deadline, time.monotonic() + 30.0))
+    return None if body is None else pickle.loads(body)
 
 
 class SQLSandbox:
@@ -84,6 +118,10 @@ class SQLSandbox:
         max_rows: most rows kept from one query (more set ``truncated``).
         max_query_chars: longest query accepted.
         max_value_bytes: longest string or blob a query may build (SQLite's ``SQLITE_LIMIT_LENGTH``).
+        isolation: ``process`` (queries run in a worker process that is killed when it overruns; the default on
+            POSIX systems) or ``none`` (in this process; ``printf`` and ``format`` are then refused).
+        memory_limit_mb: address-space cap of the worker process.
+        kill_grace_s: how long past ``timeout_s`` a worker may stay silent before it is killed.
     """
 
     def __init__(
@@ -93,37 +131,101 @@ class SQLSandbox:
         max_rows: int = 10_000,
         max_query_chars: int = 20_000,
         max_value_bytes: int = 1_000_000,
+        isolation: str | None = None,
+        memory_limit_mb: int = 1024,
+        kill_grace_s: float = 1.0,
     ):
         self.db_path = Path(db_path)
         if not self.db_path.is_file():
             raise FileNotFoundError(f"no SQLite database at {self.db_path}")
+        if isolation is None:
+            isolation = "process" if os.name == "posix" else "none"
+        if isolation not in ("process", "none"):
+            raise ValueError(f"isolation must be 'process' or 'none', got {isolation!r}")
+        if isolation == "process" and os.name != "posix":
+            raise ValueError("isolation='process' needs a POSIX system; use isolation='none'")
+        self.isolation = isolation
         self.timeout_s = float(timeout_s)
         self.max_rows = int(max_rows)
         self.max_query_chars = int(max_query_chars)
         self.max_value_bytes = int(max_value_bytes)
-        self._conn: sqlite3.Connection | None = None
-        self._deadline = 0.0
+        self.memory_limit_mb = int(memory_limit_mb)
+        self.kill_grace_s = float(kill_grace_s)
+        self._runner: sqlite_worker.Runner | None = None
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            uri = self.db_path.resolve().as_uri() + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-            conn.text_factory = _decode_text
-            conn.execute("PRAGMA query_only = ON")
-            conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_value_bytes)
-            conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, max(self.max_query_chars * 4, 1000))
-            conn.set_authorizer(_authorizer)
-            conn.set_progress_handler(self._progress, 1000)
-            self._conn = conn
-        return self._conn
+    @property
+    def _max_sql_bytes(self) -> int:
+        return max(self.max_query_chars * 4, 1000)
 
-    def _progress(self) -> int:
-        return 1 if time.monotonic() > self._deadline else 0
+    # -- worker process ------------------------------------------------------------------------------------------
 
-    def execute(self, sql: str, max_rows: int | None = None) -> ExecutionResult:
-        """Run one query and fetch up to ``max_rows`` rows (default: the sandbox's limit)."""
+    def _start_worker(self) -> str | None:
+        """Start the worker; returns why it failed, or None."""
+        proc = subprocess.Popen(
+            [sys.executable, "-I", sqlite_worker.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        config = {
+            "db_path": str(self.db_path),
+            "max_value_bytes": self.max_value_bytes,
+            "max_sql_bytes": self._max_sql_bytes,
+            "memory_bytes": self.memory_limit_mb * 2**20 if self.memory_limit_mb > 0 else None,
+        }
+        try:
+            assert proc.stdin is not None
+            sqlite_worker.send(proc.stdin, config)
+        except OSError as e:
+            _stop(proc)
+            return f"cannot start the SQL worker: {e}"
+        reply = _read_message(proc, time.monotonic() + 30.0)
+        if reply is None or "error" in reply:
+            _stop(proc)
+            return (reply or {}).get("error") or "the SQL worker did not start"
+        self._proc = proc
+        self._finalizer = weakref.finalize(self, _stop, proc)
+        return None
+
+    def _stop_worker(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # runs _stop once
+        self._proc = None
+        self._finalizer = None
+
+    def _execute_in_worker(self, sql: str, limit: int, timeout: float, start: float) -> ExecutionResult:
+        for _ in range(2):  # a worker that died between queries is restarted once
+            if self._proc is None:
+                why = self._start_worker()
+                if why is not None:
+                    return ExecutionResult(error=why, elapsed_s=time.monotonic() - start)
+            proc = self._proc
+            assert proc is not None and proc.stdin is not None
+            try:
+                sqlite_worker.send(proc.stdin, (sql, limit, timeout))
+                break
+            except OSError:
+                self._stop_worker()
+        else:
+            return ExecutionResult(error="the SQL worker could not be reached", elapsed_s=time.monotonic() - start)
+        reply = _read_message(proc, start + timeout + self.kill_grace_s)
+        if reply is None:
+            running = proc.poll() is None
+            self._stop_worker()
+            elapsed = time.monotonic() - start
+            if running:
+                return ExecutionResult(error=f"query timed out after {timeout:g} s", timed_out=True, elapsed_s=elapsed)
+            return ExecutionResult(error="the query crashed the SQL engine", elapsed_s=elapsed)
+        return ExecutionResult(**reply)
+
+    # -- queries -------------------------------------------------------------------------------------------------
+
+    def execute(self, sql: str, max_rows: int | None = None, timeout_s: float | None = None) -> ExecutionResult:
+        """Run one query and fetch up to ``max_rows`` rows, within ``timeout_s`` (defaults: the sandbox's)."""
         limit = self.max_rows if max_rows is None else int(max_rows)
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.monotonic()
         if not isinstance(sql, str):
             return ExecutionResult(error=f"the query must be a string, got {type(sql).__name__}")
@@ -134,37 +236,24 @@ class SQLSandbox:
         keyword = first_keyword(sql)
         if keyword not in ALLOWED_STATEMENTS:
             shown = keyword[:20] if keyword else "an empty query"
-            return ExecutionResult(error=f"only read-only queries (SELECT, WITH, VALUES) may run, not {shown}")
-        conn = self._connect()
-        self._deadline = start + self.timeout_s
-        cur = None
-        try:
-            cur = conn.execute(sql)
-            columns = [d[0] for d in cur.description or []]
-            rows = cur.fetchmany(limit + 1)
-            truncated = len(rows) > limit
-            return ExecutionResult(
-                rows=[tuple(r) for r in rows[:limit]],
-                columns=columns,
-                truncated=truncated,
-                elapsed_s=time.monotonic() - start,
-            )
-        except (sqlite3.Error, OverflowError, ValueError, MemoryError) as e:
-            elapsed = time.monotonic() - start
-            if isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted":
-                return ExecutionResult(
-                    error=f"query timed out after {self.timeout_s:g} s", timed_out=True, elapsed_s=elapsed
+            return ExecutionResult(error=f"only read-only queries (SELECT, WITH) may run, not {shown}")
+        if self.isolation == "process":
+            return self._execute_in_worker(sql, limit, timeout, start)
+        if self._runner is None:
+            try:
+                self._runner = sqlite_worker.Runner(
+                    str(self.db_path), self.max_value_bytes, self._max_sql_bytes, in_process=True
                 )
-            return ExecutionResult(error=_describe(e), elapsed_s=elapsed)
-        finally:
-            if cur is not None:
-                cur.close()
+            except sqlite3.Error as e:
+                return ExecutionResult(error=f"cannot open the database: {e}")
+        return ExecutionResult(**self._runner.run(sql, limit, timeout))
 
     def close(self) -> None:
-        """Close the connection (a later query reopens it)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the connection and stop the worker (a later query reopens them)."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        self._stop_worker()
 
     def __enter__(self) -> "SQLSandbox":
         return self
@@ -172,17 +261,9 @@ class SQLSandbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _describe(e: BaseException) -> str:
-    msg = str(e) or type(e).__name__
-    if msg in ("not authorized", "authorization denied"):
-        return "not allowed: this environment only runs read-only queries"
-    return msg
-
-
 def execute_sql(
-    db_path: str | Path, sql: str, timeout_s: float = 2.0, max_rows: int = 10_000
+    db_path: str | Path, sql: str, timeout_s: float = 2.0, max_rows: int = 10_000, isolation: str | None = None
 ) -> ExecutionResult:
     """Run ``sql`` once in a fresh :class:`SQLSandbox` on ``db_path``."""
-    with SQLSandbox(db_path, timeout_s=timeout_s, max_rows=max_rows) as box:
+    with SQLSandbox(db_path, timeout_s=timeout_s, max_rows=max_rows, isolation=isolation) as box:
         return box.execute(sql)

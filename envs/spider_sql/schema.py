@@ -30,7 +30,7 @@ def _tidy(ddl: str) -> str:
 
 def sqlite_ddl(db_path: str | Path) -> list[tuple[str, str]]:
     """(table name, CREATE TABLE statement) for each user table of ``db_path``, in creation order."""
-    with SQLSandbox(db_path) as box:
+    with SQLSandbox(db_path, isolation="none") as box:  # trusted queries: no worker process needed
         res = box.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
             "AND sql IS NOT NULL ORDER BY rowid"
@@ -80,7 +80,7 @@ def format_rows(columns: list[str], rows: list[tuple], max_chars: int = 40) -> s
 
 def sample_rows_comment(db_path: str | Path, table: str, n: int, max_chars: int = 40) -> str:
     """An SQL comment showing the first ``n`` rows of ``table`` ('' when it has none)."""
-    with SQLSandbox(db_path, max_rows=n) as box:
+    with SQLSandbox(db_path, max_rows=n, isolation="none") as box:
         res = box.execute(f"SELECT * FROM {quote_identifier(table)} LIMIT {int(n)}")
     if not res.ok or not res.rows:
         return ""

@@ -1,0 +1,117 @@
+"""agentgym eval: loading a policy from a run, a checkpoint or a model directory, and its success rate."""
+
+import json
+
+import pytest
+import torch
+
+from agentgym.evaluate import evaluate_policy, load_policy, main, wilson_interval
+from agentgym.tiny import make_tiny_policy
+
+ENV = "agentgym/GuessNumber-v0"
+ENV_KWARGS = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
+
+
+def _train(tmp_path, **overrides):
+    from agentgym.trainer import TrainConfig, Trainer
+
+    # A penalty for replies without a number makes rewards differ within a group, so the weights move.
+    cfg = TrainConfig(model="tiny", env=ENV, env_kwargs={**ENV_KWARGS, "invalid_penalty": 1.0}, max_new_tokens=1, groups_per_iteration=2,
+                      group_size=4, iterations=2, lr=3e-3, wandb=False, progress=False, export=False,
+                      run_dir=str(tmp_path / "run"), **overrides)
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+def test_load_policy_from_a_checkpoint_restores_the_trained_weights(tmp_path):
+    trainer = _train(tmp_path)
+    with torch.no_grad():  # weights surely unlike the initial ones, whatever the two iterations did
+        for p in trainer.model.parameters():
+            p.add_(0.01)
+    trainer.save()
+    trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for path in (tmp_path / "run", tmp_path / "run" / "checkpoints"):  # run dir without model/, checkpoints dir
+        model, tok, conf = load_policy(str(path))
+        assert conf["env"] == ENV and conf["model"] == "tiny"
+        assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+        assert tok.eos_token == "<|im_end|>"
+
+
+def test_load_policy_from_an_exported_model_and_by_name(tmp_path):
+    model, tok = make_tiny_policy(seed=3)
+    model.save_pretrained(tmp_path / "run" / "model")
+    tok.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"env": ENV, "model": "tiny"}))
+    for path in (tmp_path / "run", tmp_path / "run" / "model"):
+        loaded, _, _ = load_policy(str(path))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in loaded.state_dict().items())
+    _, _, conf = load_policy("tiny")
+    assert conf == {}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        load_policy(str(tmp_path / "empty"))
+
+
+def test_success_rate_of_a_policy_is_reproducible():
+    model, tok = make_tiny_policy()
+    a, eps = evaluate_policy(model, tok, ENV, ENV_KWARGS, episodes=10, max_new_tokens=1, batch_size=4)
+    b, _ = evaluate_policy(model, tok, ENV, ENV_KWARGS, episodes=10, max_new_tokens=1, batch_size=4)
+    assert a.episodes == len(eps) == 10 and 0.0 <= a.success_rate <= 1.0
+    assert a.success_rate == b.success_rate and a.reward_mean == b.reward_mean
+    assert a.success_rate == pytest.approx(sum(ep.success for ep in eps) / 10)
+    assert a.success_ci95[0] <= a.success_rate <= a.success_ci95[1]
+    assert len({ep.group_id for ep in eps}) == 10  # one episode per task
+
+
+def test_a_greedy_policy_that_always_wins(monkeypatch):
+    """A policy whose every first guess is right scores 1.0: the success rate counts env successes."""
+    model, tok = make_tiny_policy()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied: zero logits everywhere...
+    model.config.tie_word_embeddings = False
+    target = tok.convert_tokens_to_ids("1")
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, len(tok), bias=True)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[target] = 100.0  # ...except "1"
+    res, _ = evaluate_policy(model, tok, ENV, {"low": 1, "high": 1, "max_turns": 1, "system_prompt": None},
+                             episodes=4, temperature=0.0, max_new_tokens=1)
+    assert res.success_rate == 1.0 and res.reward_mean == 1.0 and res.turns_mean == 1.0
+
+
+def test_command_uses_the_runs_settings_and_writes_episodes_for_inspect(tmp_path, capsys):
+    from agentgym.inspect import main as inspect_main
+
+    _train(tmp_path)
+    out = tmp_path / "eval"
+    assert main(["--model", str(tmp_path / "run"), "--episodes", "6", "--out-dir", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["episodes"] == 6 and result["settings"]["env"] == ENV
+    assert result["settings"]["env_kwargs"] == {**ENV_KWARGS, "invalid_penalty": 1.0} and result["settings"]["max_new_tokens"] == 1
+    assert result["settings"]["tokenizer"] == "tiny"
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 6
+    assert inspect_main([str(out), "--limit", "1", "--compact"]) == 0
+    assert "between 1 and 3" in capsys.readouterr().out
+    # An env argument on the command line wins over the run's.
+    assert main(["--model", str(tmp_path / "run"), "--episodes", "2", "--env.high", "5"]) == 0
+    text = capsys.readouterr().out
+    assert '"high": 5' in text and "success" in text
+
+
+def test_command_errors(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nope" / "x")]) == 2
+    assert "could not load the policy" in capsys.readouterr().err
+    assert main(["--model", "tiny", "--env", "agentgym/GuesNumber-v0"]) == 2
+    assert "Did you mean 'agentgym/GuessNumber-v0'" in capsys.readouterr().err
+    assert main(["--model", "tiny", "--env.high"]) == 2
