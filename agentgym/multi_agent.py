@@ -81,7 +81,8 @@ class MultiAgentCollector:
         turns: list[dict[str, list[Turn]]] = []
         for i, env in enumerate(self.envs):
             agent, obs, _ = env.reset(seed=seed + i // self.group_size)
-            owner.append({a: self.policy_of(env, a) for a in env.possible_agents})
+            seats = getattr(env, "agents", None) or env.possible_agents  # LLM seats; scripted ones play inside
+            owner.append({a: self.policy_of(env, a) for a in seats})
             unknown = {p for p in owner[-1].values() if p not in self.policies}
             if unknown:
                 raise KeyError(f"policy_of returned {sorted(unknown)}, not in policies {sorted(self.policies)}")
@@ -118,8 +119,8 @@ class MultiAgentCollector:
                     steps[i] += 1
                     if agent2 is None or term or trunc or steps[i] >= self.max_turns:
                         finals[i] = (term, trunc or agent2 is not None, info)
-                        for a in env.possible_agents:
-                            self.policies[owner[i][a]].release(key(i, a))
+                        for a, name in owner[i].items():
+                            self.policies[name].release(key(i, a))
                     else:
                         nxt[i] = (agent2, env.context_ids(agent2).tolist() + obs.tolist())
                 pending = nxt
@@ -132,8 +133,8 @@ class MultiAgentCollector:
         for i, env in enumerate(self.envs):
             term, trunc, info = finals.get(i, (False, True, {}))
             for k, a in enumerate(env.possible_agents):
-                name = owner[i][a]
-                if not turns[i][a] or not self.is_trainable(name):
+                name = owner[i].get(a)
+                if name is None or not turns[i][a] or not self.is_trainable(name):
                     continue
                 success = _seat_success(info, a)
                 episodes.append(
