@@ -127,3 +127,20 @@ def test_tools_are_rendered():
     tools = [{"type": "function", "function": {"name": "calc", "parameters": {}}}]
     chat = ChatTemplate(tok, tools=tools)
     assert "tools: calc" in tok.decode(chat.prompt_ids([{"role": "user", "content": "q"}]))
+
+
+def test_smollm2_tokenizer_concatenation_equals_template():
+    """The real SmolLM2 tokenizer (byte-level BPE, its own chat template with a default system prompt)."""
+    from agentgym.models import default_tokenizer
+
+    tok = default_tokenizer()
+    env = ChatTokenEnv(Echo(), tok)
+    obs, _ = env.reset(seed=0)
+    ids = list(obs)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for reply in ["Hello there!", "SELECT * FROM t;\n", "done"]:
+        action = tok(reply, add_special_tokens=False).input_ids + [end]
+        obs, _, term, _, info = env.step(np.array(action))
+        ids += action + list(obs)
+    assert "You are a helpful AI assistant named SmolLM" in tok.decode(ids)
+    assert ids == template_ids(tok, info["messages"])
