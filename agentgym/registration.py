@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -76,6 +77,18 @@ def _load(entry_point: str | Callable[..., Any]) -> Callable[..., Any]:
     return obj
 
 
+_CONTEXT_KEYS = ("engine",)
+
+
+def _named_params(factory: Callable[..., Any]) -> set[str]:
+    """Keyword names ``factory`` declares explicitly (``**kwargs`` catch-alls excluded)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set()
+    return {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def make(id: str, **kwargs: Any) -> TokenEnv:
     """Build the environment registered as ``id``, as a :class:`~agentgym.core.TokenEnv`.
 
@@ -85,13 +98,23 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     - ``tokenizer``: a transformers tokenizer with a chat template (default: the embedded model's tokenizer);
     - ``max_context_tokens``: the context limit (default 4096);
     - ``tools``: tool schemas for the chat template.
+
+    A TokenEnv that declares ``tokenizer`` or ``max_context_tokens`` in its signature receives them itself;
+    ``engine`` (offered by trainers, for envs that answer some calls themselves) reaches only envs that declare it.
     """
     from agentgym.message_env import ChatTokenEnv, MessageEnv
 
     env_spec = spec(id)
     merged = {**env_spec.kwargs, **kwargs}
-    wrapper_kwargs = {k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools") if k in merged}
-    env = _load(env_spec.entry_point)(**merged)
+    factory = _load(env_spec.entry_point)
+    named = _named_params(factory)
+    wrapper_kwargs = {
+        k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools") if k in merged and k not in named
+    }
+    for k in _CONTEXT_KEYS:  # offered by trainers; taken only by envs that declare them
+        if k in merged and k not in named:
+            merged.pop(k)
+    env = factory(**merged)
     if isinstance(env, MessageEnv):
         tokenizer = wrapper_kwargs.pop("tokenizer", None)
         if tokenizer is None:

@@ -49,7 +49,7 @@ REAL_ENVS: dict[str, EnvSetting] = {
 }
 """Envs for SmolLM2-135M-Instruct (``--real-model``)."""
 
-TINY_TRAIN = dict(model="tiny", iterations=30, groups_per_iteration=16, group_size=8, lr=3e-3, value_lr=3e-3,
+TINY_TRAIN = dict(model="tiny", iterations=20, groups_per_iteration=8, group_size=8, lr=1e-2, value_lr=3e-3,
                   micro_batch_size=64)
 """Training settings with the tiny model."""
 

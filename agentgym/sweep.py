@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "file's run_cap)")
     p.add_argument("--method", choices=("grid", "random"), default=None,
                    help="override the file's method (default: the file's)")
-    p.add_argument("--out", default=None, help="output directory (default: sweeps/<file name>-<time>)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/sweep-<file name>-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random search's draws (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",
                    help="train in this process instead of a subprocess per run (default: off)")
@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, point in enumerate(points):
             print(f"[{i + 1}/{len(points)}] agentgym train " + " ".join([*spec.base_args, *point_args(point), *extra]))
         return 0
-    out = Path(args.out or Path("sweeps") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or Path("runs") / f"sweep-{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = run_sweep(spec, out, args.count, args.seed, extra, in_process=args.in_process)
     print()
     print(results_table(results, spec))

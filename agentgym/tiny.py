@@ -77,9 +77,11 @@ def make_tiny_model(
     return model.eval()
 
 
-def make_tiny_policy(seed: int = 0, **model_kwargs) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """A tiny model and its tokenizer, matched (vocab, eos, pad)."""
-    tok = make_tiny_tokenizer()
+def make_tiny_policy(
+    seed: int = 0, chars: str | None = None, **model_kwargs
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A tiny model and its tokenizer (over ``chars``, default printable ASCII), matched (vocab, eos, pad)."""
+    tok = make_tiny_tokenizer(chars)
     model = make_tiny_model(
         len(tok), seed=seed, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **model_kwargs
     )

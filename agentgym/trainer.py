@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from agentgym import algos
+from agentgym import algos, distributed
 from agentgym.batch import Episode, to_batch
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.collector import Collector
@@ -97,6 +97,10 @@ class TrainConfig:
     """show a progress bar"""
     save_episodes: int = 8
     """episodes per iteration written to run_dir/episodes.jsonl for `agentgym inspect` (0: none)"""
+    rollout_workers: int = 0
+    """roll out on N Ray actors, each with its own engine (0: in this process); see docs/scaling.md"""
+    trainer_procs: int = 1
+    """train with M torch.distributed (DDP) processes; on one machine the others are spawned, or use torchrun"""
 
     def algo_config(self) -> algos.AlgoConfig:
         kwargs = dict(self.algo_kwargs)
@@ -166,9 +170,14 @@ class Trainer:
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
         )
         env_kwargs = dict(cfg.env_kwargs)
+        if collector is None and cfg.rollout_workers > 0 and distributed.is_main_process():
+            from agentgym.ray_rollout import RayCollector
+
+            collector = RayCollector.from_trainer
         self.collector = collector(self) if collector is not None else Collector(
             lambda: agentgym.make(
-                cfg.env, tokenizer=tokenizer, max_context_tokens=cfg.max_context_tokens, **env_kwargs
+                cfg.env, tokenizer=tokenizer, max_context_tokens=cfg.max_context_tokens, engine=self.engine,
+                **env_kwargs,
             ),
             self.engine,
             self.params,
@@ -187,6 +196,9 @@ class Trainer:
             state = load_checkpoint(cfg.resume, self._modules(), self.optimizer)
             self.iteration = int(state["step"])
             self.engine_weights_changed()
+        self.parallel: distributed.DataParallel | None = None
+        if distributed.wanted(cfg):
+            self.parallel = distributed.setup(self)
 
     # -- parts of an iteration --------------------------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:
@@ -198,9 +210,12 @@ class Trainer:
     def engine_weights_changed(self) -> None:
         """Tell the engine the weights changed (stale KV caches go); an external engine gets the state dict."""
         if getattr(self.engine, "model", None) is self.model:
-            self.engine.load_weights(None)
+            self.engine.clear_cache()  # the engine samples from this very module: only its KV caches are stale
         else:
             self.engine.load_weights(self._policy_state_dict())
+        push = getattr(self.collector, "load_weights", None)  # a collector with engines of its own (Ray workers)
+        if push is not None:
+            push(self._policy_state_dict())
 
     def _policy_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy's weights under the base model's names (LoRA adapters merged into a copy)."""
@@ -219,6 +234,8 @@ class Trainer:
 
     def collect(self) -> list[Episode]:
         seed = self.cfg.seed * 1_000_003 + self.iteration * self.cfg.groups_per_iteration
+        if self.parallel is not None:  # rank 0 rolls out; every trainer process gets the same episodes
+            return self.parallel.broadcast(self.collector.collect(seed) if self.parallel.is_main else None)
         return self.collector.collect(seed)
 
     @torch.no_grad()
@@ -266,11 +283,15 @@ class Trainer:
             for idx in order.chunk(max(1, min(cfg.minibatches, n))):
                 mini = batch[idx]
                 norm = algos.loss_normalizer(mini, algo)
+                policy, scale = self.model, 1.0
+                if self.parallel is not None:  # this process's rows, the whole minibatch's counts
+                    mini, norm = self.parallel.shard(mini, algo)
+                    policy, scale = self.parallel.module, self.parallel.loss_scale
                 self.optimizer.zero_grad(set_to_none=True)
-                for j in range(0, len(idx), cfg.micro_batch_size):
+                for j in range(0, mini.batch_size[0], cfg.micro_batch_size):
                     micro = mini[j : j + cfg.micro_batch_size]
                     out = forward(
-                        self.model, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
+                        policy, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
                         cfg.temperature, value_head=self.value_head, with_entropy=True,
                     )
                     loss, metrics = algos.actor_loss(out.logprobs, micro, algo, norm, entropy=out.entropy)
@@ -278,7 +299,7 @@ class Trainer:
                         vloss, vmetrics = algos.critic_loss(out.values, micro, algo, norm)
                         loss = loss + vloss
                         metrics = {**metrics, **vmetrics}
-                    loss.backward()
+                    (loss * scale).backward()
                     if first:
                         # Before any update the trainer's policy is the one that sampled: its ratio to the
                         # engine's logprobs measures engine/trainer mismatch (it should be 1).
@@ -299,7 +320,8 @@ class Trainer:
                     counts["grad_norm"] = counts.get("grad_norm", 0) + 1
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {k: sums[k] / counts[k] for k in sums}
+        metrics = {k: sums[k] / counts[k] for k in sums}
+        return metrics if self.parallel is None else self.parallel.reduce_metrics(metrics)
 
     def step(self) -> dict[str, float]:
         """One iteration: collect, build the batch, advantages, update, push weights. Returns its metrics."""
@@ -342,6 +364,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
         """Run ``cfg.iterations`` iterations (minus those already done when resuming)."""
+        if self.parallel is not None and not self.parallel.is_main:
+            return self.parallel.follow(self)  # steps in lockstep with rank 0, which logs and saves
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -394,6 +418,8 @@ class Trainer:
 
     def close(self) -> None:
         self.collector.close()
+        if self.parallel is not None:
+            self.parallel.close()
 
 
 def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:

@@ -108,6 +108,12 @@ class Engine(abc.ABC):
         """The longest context (prompt plus completion) the model supports, if known."""
         return None
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The tokens that end a completion when ``SamplingParams.stop_token_ids`` is ``None``."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return [] if eos is None else [int(eos)]
+
     @abc.abstractmethod
     def generate(
         self,

@@ -1,0 +1,405 @@
+"""Any agent program as a token-level environment: each of its LLM calls is a step.
+
+The agent is a function ``agent(task, llm)`` (or ``async def``) that talks to an OpenAI-compatible endpoint through
+``llm.base_url`` and ``llm.model`` with any client (the openai SDK, LangGraph, AutoGen, ...). :class:`AgentEnv`
+runs it in its own thread and serves its calls on 127.0.0.1: a call of a *trained* agent becomes the observation
+of a step (its context as token ids, through the model's chat template, tools included) and waits for the policy's
+action; the agent then receives a normal OpenAI response built from exactly those ids. Calls of other agents are
+answered by ``other_engine`` (or the same engine) and make no training rows.
+
+Rewards: the agent's return value (a number, or ``reward_fn(task, result)``) and :func:`emit_reward` calls made
+while the agent runs; an emitted reward is attributed to the latest completed trained turn.
+
+Agent names: a call is tagged by the ``model`` it asks for (``llm.model_for("critic")``), by the header
+``X-Agent-Name``, or by :func:`agent_name` around the code that makes it (for clients from :meth:`LLM.client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import queue
+import re
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from agentgym.core import TokenEnv
+
+AGENT_HEADER = "X-Agent-Name"
+EPISODE_HEADER = "X-Agentgym-Episode"
+_current_agent: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentgym_agent", default=None)
+_current_episode: contextvars.ContextVar["_Episode | None"] = contextvars.ContextVar("agentgym_episode", default=None)
+
+
+@contextlib.contextmanager
+def agent_name(name: str) -> Iterator[None]:
+    """Tag the LLM calls made inside this block (through :meth:`LLM.client`) as agent ``name``."""
+    token = _current_agent.set(name)
+    try:
+        yield
+    finally:
+        _current_agent.reset(token)
+
+
+def emit_reward(value: float) -> None:
+    """Give the running episode a reward now; it is attributed to the latest completed trained turn.
+
+    Call it from the agent (its thread or task, or code they call). Outside an episode it raises RuntimeError.
+    """
+    ep = _current_episode.get()
+    if ep is None:
+        raise RuntimeError("emit_reward() called outside an AgentEnv episode (call it from the agent's code)")
+    ep.emit(float(value))
+
+
+@dataclass
+class LLM:
+    """What an agent needs to reach the policy: an OpenAI-compatible base URL and a model name."""
+
+    base_url: str
+    model: str
+    api_key: str = "agentgym"
+    episode_id: str = ""
+
+    def model_for(self, agent: str) -> str:
+        """The model name that tags a call as agent ``agent`` (for clients built outside :meth:`client`)."""
+        return f"{self.model}:{agent}"
+
+    def _headers(self) -> dict[str, str]:
+        return {EPISODE_HEADER: self.episode_id}
+
+    def client(self, **kwargs: Any) -> Any:
+        """An ``openai.OpenAI`` client for this endpoint; calls inside :func:`agent_name` blocks are tagged."""
+        import httpx
+        import openai
+
+        def tag(request: httpx.Request) -> None:
+            name = _current_agent.get()
+            if name is not None:
+                request.headers[AGENT_HEADER] = name
+
+        http = httpx.Client(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self._headers(), **kwargs
+        )
+
+    def async_client(self, **kwargs: Any) -> Any:
+        """An ``openai.AsyncOpenAI`` client for this endpoint (tagged like :meth:`client`)."""
+        import httpx
+        import openai
+
+        async def tag(request: httpx.Request) -> None:
+            name = _current_agent.get()
+            if name is not None:
+                request.headers[AGENT_HEADER] = name
+
+        http = httpx.AsyncClient(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
+        return openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self._headers(), **kwargs
+        )
+
+
+@dataclass
+class _Call:
+    """One LLM call waiting for its completion."""
+
+    prompt_ids: list[int]
+    params: Any
+    agent: str
+    future: Future = field(default_factory=Future)
+
+
+class _Episode:
+    """The bridge between the agent's thread and the env: calls and the end flow through one queue."""
+
+    def __init__(self, episode_id: str):
+        self.id = episode_id
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+        self.pending_reward = 0.0
+        self.turns_done = 0
+
+    def emit(self, value: float) -> None:
+        with self.lock:
+            self.pending_reward += value
+
+    def take_reward(self) -> float:
+        with self.lock:
+            r, self.pending_reward = self.pending_reward, 0.0
+            return r
+
+
+def _matches(spec: str | set[str] | None) -> Callable[[str], bool]:
+    if spec is None:
+        return lambda name: True
+    if isinstance(spec, str):
+        pattern = re.compile(spec)
+        return lambda name: pattern.fullmatch(name) is not None
+    names = set(spec)
+    return lambda name: name in names
+
+
+class AgentEnv(TokenEnv):
+    """An agent program as a :class:`~agentgym.core.TokenEnv`.
+
+    ``reset`` starts the agent on a task and returns the context of its first trained LLM call; ``step(ids)``
+    answers that call with ``ids`` and returns the next trained call's new tokens. When the next call's context
+    does not extend the previous context plus the action (the agent rewrote its history), ``obs`` is the whole new
+    context and ``info["context_reset"]`` is True, with ``info["mismatch"]`` classifying why: ``chat_template``
+    (same text, the template rendered it differently), ``retokenization`` (same text, different ids) or ``other``.
+
+    The episode ends when the agent returns (``terminated``), raises (``terminated``, ``info["error"]``, reward
+    ``failure_reward``), or exceeds ``timeout_s`` (``truncated``, ``info["error"]``); its pending and later LLM
+    calls then fail, so an agent blocked on the LLM unwinds and its thread ends. An agent that returns without
+    a trained call gives ``reset`` an empty observation with ``info["episode_over"]``: step it once with an empty
+    action to collect the outcome (collectors skip such episodes).
+
+    Args:
+        agent: ``agent(task, llm) -> result`` or an ``async`` function.
+        tasks: a sequence of tasks (``reset(seed=s)`` picks ``tasks[s % len(tasks)]``, or one at random without a
+            seed) or a callable ``tasks(np_random) -> task``.
+        tokenizer: the policy's tokenizer with its chat template.
+        engine: answers calls of agents that do not train (selective optimization); also renders prompts.
+        train_agents: names (a set) or a regex of agents whose calls are steps; None: all.
+        reward_fn: ``reward_fn(task, result) -> float``; default: the result itself when it is a number, else 0.
+        failure_reward: the reward of an episode whose agent raised or timed out.
+        timeout_s: the longest an episode may wait for the agent between two calls.
+        max_context_tokens: as for every TokenEnv.
+        served_model: the model name the endpoint serves.
+    """
+
+    def __init__(
+        self,
+        agent: Callable[..., Any],
+        tasks: Sequence[Any] | Callable[[np.random.Generator], Any],
+        tokenizer: Any,
+        engine: Any = None,
+        train_agents: str | set[str] | None = None,
+        reward_fn: Callable[[Any, Any], float] | None = None,
+        failure_reward: float = 0.0,
+        timeout_s: float = 60.0,
+        max_context_tokens: int = 4096,
+        served_model: str = "policy",
+    ):
+        super().__init__(len(tokenizer), max_context_tokens=max_context_tokens, tokenizer=tokenizer)
+        self.agent, self.tasks, self.engine = agent, tasks, engine
+        self.is_trained = _matches(train_agents)
+        self.reward_fn, self.failure_reward, self.timeout_s = reward_fn, failure_reward, timeout_s
+        self.served_model = served_model
+        from agentgym.chat import stop_token_ids
+
+        self.stop_token_ids = stop_token_ids(tokenizer)
+        self._server: Any = None
+        self._episodes: dict[str, _Episode] = {}
+        self._episode: _Episode | None = None
+        self._thread: threading.Thread | None = None
+        self._call: _Call | None = None
+        self._context: list[int] = []
+        self._count = 0
+        self.stats = {"untrained_calls": 0, "context_resets": 0}
+
+    # -- the endpoint -------------------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible endpoint the agent talks to (started on first use)."""
+        if self._server is None:
+            from agentgym.engines.server import create_app, start_server
+
+            renderer = self.engine if self.engine is not None else _Renderer(self.tokenizer, self.max_context_tokens)
+            self._server = start_server(create_app(renderer, self.served_model, handler=self._handle))
+        return self._server.url
+
+    def _handle(self, prompt_ids: list[int], params: Any, info: Any) -> Any:
+        """Answer one LLM call of the agent (runs in a server worker thread)."""
+        headers = {k.lower(): v for k, v in info.headers.items()}
+        ep = self._episodes.get(headers.get(EPISODE_HEADER.lower(), ""))
+        if ep is None or ep.cancelled.is_set():
+            raise RuntimeError("this episode is over: the environment no longer answers its calls")
+        name = (
+            headers.get(AGENT_HEADER.lower())
+            or _agent_from_model(info.model or "", self.served_model)
+            or "default"
+        )
+        if not self.is_trained(name):
+            if self.engine is None:
+                raise RuntimeError(f"agent {name!r} does not train and the env has no engine to answer it")
+            self.stats["untrained_calls"] += 1
+            return self.engine.generate([prompt_ids], params)[0][0]
+        call = _Call(list(prompt_ids), params, name)
+        ep.events.put(("call", call))
+        return call.future.result()
+
+    # -- the episode ------------------------------------------------------------------------------------------
+    def _pick_task(self, seed: int | None) -> Any:
+        if callable(self.tasks):
+            return self.tasks(self.np_random)
+        if seed is not None:
+            return self.tasks[seed % len(self.tasks)]
+        return self.tasks[int(self.np_random.integers(len(self.tasks)))]
+
+    def _run(self, ep: _Episode, task: Any, llm: LLM) -> None:
+        _current_episode.set(ep)
+        try:
+            if inspect.iscoroutinefunction(self.agent):
+                result = asyncio.run(self.agent(task, llm))
+            else:
+                result = self.agent(task, llm)
+            ep.events.put(("done", result))
+        except BaseException as e:  # noqa: BLE001 - the agent's failure ends its episode, never the trainer
+            ep.events.put(("error", "".join(traceback.format_exception_only(type(e), e)).strip()))
+
+    def _stop_episode(self) -> None:
+        ep, self._episode = self._episode, None
+        if ep is None:
+            return
+        ep.cancelled.set()
+        if self._call is not None and not self._call.future.done():
+            self._call.future.set_exception(RuntimeError("episode ended"))
+        # Fail the calls the agent makes from now on, then give its thread a moment to unwind.
+        while True:
+            try:
+                kind, item = ep.events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "call" and not item.future.done():
+                item.future.set_exception(RuntimeError("episode ended"))
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._episodes.pop(ep.id, None)
+        self._call = None
+
+    def _next_event(self, ep: _Episode) -> tuple[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return ep.events.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return "timeout", f"the agent neither called the LLM nor returned within {self.timeout_s} s"
+
+    def _reset(self, seed: int | None, options: dict | None) -> tuple[np.ndarray, dict]:
+        self._stop_episode()
+        task = (options or {}).get("task", None)
+        if task is None:
+            task = self._pick_task(seed)
+        self._count += 1
+        ep = _Episode(f"{id(self)}-{self._count}")
+        self._episodes[ep.id] = ep
+        self._episode = ep
+        llm = LLM(self.base_url, self.served_model, episode_id=ep.id)
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._run, ep, task, llm), daemon=True)
+        self._task = task
+        self._thread.start()
+        kind, item = self._next_event(ep)
+        if kind == "call":
+            self._call = item
+            self._context = list(item.prompt_ids)
+            return np.asarray(item.prompt_ids, dtype=np.int64), {"task": task, "agent": item.agent}
+        self._pending_end = (kind, item)
+        return np.zeros(0, dtype=np.int64), {"task": task, "episode_over": True, "error": _error(kind, item)}
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        from agentgym.engines import Completion
+
+        ep = self._episode
+        assert ep is not None
+        if self._call is None:  # the agent ended before its first trained call
+            kind, item = self._pending_end
+            return self._finish(kind, item, 0.0)
+        call, ids = self._call, action.tolist()
+        stops = set(call.params.stop_token_ids or self.stop_token_ids)
+        reason = "stop" if ids and ids[-1] in stops else "length"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        logprobs = getattr(self, "_action_logprobs", None) or [0.0] * len(ids)
+        call.future.set_result(Completion(ids, list(logprobs)[: len(ids)], reason, text))
+        self._action_logprobs = None
+        before = self._context + ids
+        self._call = None
+        kind, item = self._next_event(ep)
+        reward = ep.take_reward()
+        if kind != "call":
+            return self._finish(kind, item, reward)
+        self._call = item
+        new = list(item.prompt_ids)
+        if new[: len(before)] == before:
+            self._context = new
+            return np.asarray(new[len(before) :], dtype=np.int64), reward, False, False, {"agent": item.agent}
+        self.stats["context_resets"] += 1
+        self._context = new
+        info = {"agent": item.agent, "context_reset": True, "mismatch": self._classify(before, new)}
+        return np.asarray(new, dtype=np.int64), reward, False, False, info
+
+    def set_action_logprobs(self, logprobs: Sequence[float]) -> None:
+        """The engine's logprobs of the next action, returned to the agent in its response (optional)."""
+        self._action_logprobs = list(logprobs)
+
+    def _classify(self, before: list[int], new: list[int]) -> str:
+        a = self.tokenizer.decode(before, skip_special_tokens=False)
+        b = self.tokenizer.decode(new, skip_special_tokens=False)
+        if b.startswith(a):
+            return "retokenization"
+        strip = lambda s: re.sub(r"\s+", "", s)  # noqa: E731
+        if strip(b).startswith(strip(a)):
+            return "chat_template"
+        return "other"
+
+    def _finish(self, kind: str, item: Any, reward: float) -> tuple[np.ndarray, float, bool, bool, dict]:
+        empty = np.zeros(0, dtype=np.int64)
+        ep = self._episode
+        if ep is not None:
+            reward += ep.take_reward()
+        if kind == "done":
+            if self.reward_fn is not None:
+                reward += float(self.reward_fn(self._task, item))
+            elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                reward += float(item)
+            self._stop_episode()
+            return empty, reward, True, False, {"result": item}
+        self._stop_episode()
+        info = {"error": _error(kind, item)}
+        return empty, reward + self.failure_reward, kind == "error", kind == "timeout", info
+
+    def close(self) -> None:
+        self._stop_episode()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        super().close()
+
+
+class _Renderer:
+    """What the server needs of an engine when every call is answered by the env: the tokenizer."""
+
+    def __init__(self, tokenizer: Any, max_len: int):
+        from agentgym.chat import stop_token_ids
+
+        self.tokenizer, self.max_model_len = tokenizer, max_len
+        self.eos_token_ids = sorted(stop_token_ids(tokenizer))
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("calls are answered by the AgentEnv handler")
+
+    def release(self, key: str) -> None:
+        pass
+
+
+def _agent_from_model(model: str, served: str) -> str | None:
+    if model.startswith(served + ":"):
+        return model[len(served) + 1 :]
+    if model and model != served:
+        return model
+    return None
+
+
+def _error(kind: str, item: Any) -> str | None:
+    return None if kind == "done" else (item if isinstance(item, str) else repr(item))

@@ -1,0 +1,665 @@
+"""Automatic prompt optimization: beam search over an env's system prompt, edits proposed by a critic model.
+
+``agentgym train --algo apo`` runs :func:`optimize_prompt`. The policy's weights never change; its system prompt
+does. The search, in the spirit of ProTeGi (Pryzant et al., "Automatic Prompt Optimization with 'Gradient Descent'
+and Beam Search"):
+
+1. score the initial prompt (the env's own unless ``initial_prompt`` is given) on the validation set: the mean
+   episode return over ``val_tasks`` fixed tasks (env reset seeds ``val_seed + i``) x ``val_samples`` episodes,
+   with sampling seeded the same way for every candidate, so candidates are compared on equal terms;
+2. each round, for each prompt in the beam: play ``critique_tasks`` training tasks (new seeds every round), show
+   the critic up to ``max_failures`` failed episodes with the prompt, and take up to ``num_edits`` rewritten
+   prompts from its replies;
+3. score every new candidate on the validation set; the beam becomes the ``beam_width`` best prompts seen so far;
+4. after ``rounds`` rounds (or ``max_seconds``), the best prompt and the score of every candidate are written to
+   ``RUN_DIR/apo.json`` (and one line per round to ``metrics.jsonl``).
+
+The critic is anything with ``propose(prompt, failures, num, seed) -> list[str]`` (:class:`Critic`), a plain
+callable ``fn(prompt, failures) -> str | list[str]``, or a chat model behind :class:`ChatCritic`: an engine
+(:class:`EngineChat`, the policy's own by default) or an OpenAI-compatible endpoint (:class:`OpenAIChat`).
+
+The system prompt of any :class:`~agentgym.message_env.MessageEnv` is set by :class:`SystemPromptEnv`, a wrapper
+that replaces (or inserts, or removes) the leading system message of the env's opening messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from agentgym.message_env import ChatTokenEnv, Message, MessageEnv
+
+APO_ALIASES = {"env": "env_kwargs"}
+"""``--env.KEY`` is short for ``--env_kwargs.KEY``."""
+
+VAL_SEED = 20_000_003
+"""Default reset seed of the first validation task (apart from training tasks and the held-out eval tasks)."""
+
+_EPISODE_INFO_KEYS = {"success", "messages", "action_text", "prefix_stable", "turn", "context_tokens", "text"}
+"""Keys the wrappers add to an episode's final info; the env's own keys (e.g. the answer) are shown to the critic."""
+
+
+# -- the system prompt of any message env ----------------------------------------------------------------------------
+def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:
+    """``messages`` with the leading system message replaced by ``system_prompt`` (inserted when there is none,
+    removed when ``system_prompt`` is None)."""
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out = out[1:]
+    if system_prompt is not None:
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+class SystemPromptEnv(MessageEnv):
+    """A :class:`~agentgym.message_env.MessageEnv` whose opening system message is ``system_prompt``.
+
+    ``system_prompt`` may be changed between episodes (it applies from the next ``reset``). Attributes the wrapper
+    does not define (``max_turns``, ...) are read from the wrapped env.
+
+    Args:
+        env: the message env to wrap.
+        system_prompt: the system message's content; None removes the env's system message.
+    """
+
+    def __init__(self, env: MessageEnv, system_prompt: str | None):
+        self.env = env
+        self.system_prompt = system_prompt
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[Message], dict]:
+        messages, info = self.env.reset(seed=seed, options=options)
+        return with_system_prompt(messages, self.system_prompt), info
+
+    def step(self, text: str) -> tuple[list[Message], float, bool, bool, dict]:
+        return self.env.step(text)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "env" or name.startswith("__"):  # not set yet (during unpickling or __init__)
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+def make_prompted_env(
+    env_id: str, prompt: str | None, tokenizer: Any, max_context_tokens: int = 2048,
+    env_kwargs: dict[str, Any] | None = None,
+) -> ChatTokenEnv:
+    """``agentgym.make(env_id, **env_kwargs)`` with its system prompt set to ``prompt`` by a :class:`SystemPromptEnv`
+    (None: no system message)."""
+    import agentgym
+
+    env = agentgym.make(env_id, tokenizer=tokenizer, max_context_tokens=max_context_tokens, **(env_kwargs or {}))
+    if not isinstance(env, ChatTokenEnv):
+        env.close()
+        raise TypeError(
+            f"{env_id!r} is a token-level env; prompt optimization sets the system message of chat envs "
+            "(a MessageEnv registered with agentgym.register)"
+        )
+    env.env = SystemPromptEnv(env.env, prompt)
+    return env
+
+
+def env_system_prompt(
+    env_id: str, tokenizer: Any, env_kwargs: dict[str, Any] | None = None, seed: int = VAL_SEED
+) -> str | None:
+    """The system prompt ``env_id`` opens with, after a reset with ``seed`` (None when it has no system message)."""
+    import agentgym
+
+    env = agentgym.make(env_id, tokenizer=tokenizer, **(env_kwargs or {}))
+    try:
+        inner = env.unwrapped_env if isinstance(env, ChatTokenEnv) else None
+        if inner is None:
+            return None
+        messages, _ = inner.reset(seed=seed)
+        return str(messages[0]["content"]) if messages and messages[0].get("role") == "system" else None
+    finally:
+        env.close()
+
+
+# -- scoring a prompt -----------------------------------------------------------------------------------------------
+@dataclass
+class PromptScore:
+    """How a prompt did on a set of tasks."""
+
+    score: float
+    """mean episode return"""
+    success_rate: float
+    episodes: list[Any] = field(default_factory=list, repr=False)
+    """the :class:`~agentgym.batch.Episode` list"""
+
+
+class PromptEvaluator:
+    """Plays a fixed set of tasks with a given system prompt.
+
+    Args:
+        env_id, env_kwargs: the env.
+        engine, tokenizer, params: the policy and its sampling parameters.
+        num_tasks: tasks per evaluation (env reset seeds ``seed + i``).
+        samples_per_task: episodes per task.
+        seed: the default first task seed (sampling is seeded from it too).
+        max_context_tokens: the context limit of an episode.
+        num_threads: step envs in a thread pool of this size.
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], engine: Any, tokenizer: Any, params: Any,
+                 num_tasks: int, samples_per_task: int = 1, seed: int = VAL_SEED, max_context_tokens: int = 2048,
+                 num_threads: int = 0):
+        from agentgym.collector import Collector
+
+        self.seed = seed
+        self._wrappers: list[SystemPromptEnv] = []
+
+        def env_fn() -> ChatTokenEnv:
+            env = make_prompted_env(env_id, None, tokenizer, max_context_tokens, env_kwargs)
+            self._wrappers.append(env.env)
+            return env
+
+        self.collector = Collector(env_fn, engine, params, num_groups=num_tasks, group_size=samples_per_task,
+                                   num_threads=num_threads)
+
+    def __call__(self, prompt: str | None, seed: int | None = None) -> PromptScore:
+        for w in self._wrappers:
+            w.system_prompt = prompt
+        episodes = self.collector.collect(self.seed if seed is None else seed)
+        returns = [ep.total_reward for ep in episodes]
+        return PromptScore(sum(returns) / len(returns), sum(ep.success for ep in episodes) / len(episodes), episodes)
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+def transcript(episode: Any, max_chars: int = 1200) -> str:
+    """An episode as text for the critic: its messages after the system prompt, and how it ended."""
+    messages = episode.info.get("messages") or []
+    lines = [f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages if m.get("role") != "system"]
+    outcome = {k: v for k, v in episode.info.items()
+               if k not in _EPISODE_INFO_KEYS and isinstance(v, (str, int, float, bool))}
+    status = "succeeded" if episode.success else "failed"
+    extra = "".join(f", {k}={v}" for k, v in outcome.items())
+    text = "\n".join(lines)
+    if len(text) > max_chars:  # keep the start (the task) and the end (how it went wrong)
+        half = max(1, max_chars // 2)
+        text = text[:half] + "\n[...]\n" + text[-half:]
+    return f"{text}\noutcome: {status}, reward {episode.total_reward:g}{extra}"
+
+
+# -- critics --------------------------------------------------------------------------------------------------------
+@runtime_checkable
+class Critic(Protocol):
+    """Proposes rewritten system prompts from failed episodes."""
+
+    def propose(self, prompt: str | None, failures: Sequence[str], num: int, seed: int) -> list[str]:
+        """Up to ``num`` new system prompts, given the current one (None: no system prompt) and the transcripts
+        of episodes it failed."""
+        ...
+
+
+class FunctionCritic:
+    """A critic from a plain callable ``fn(prompt, failures) -> str | list[str]`` (scripted critics, tests)."""
+
+    def __init__(self, fn: Callable[[str | None, list[str]], str | Sequence[str]]):
+        self.fn = fn
+
+    def propose(self, prompt: str | None, failures: Sequence[str], num: int, seed: int) -> list[str]:
+        out = self.fn(prompt, list(failures))
+        return [out] if isinstance(out, str) else list(out)[:num]
+
+
+CRITIC_SYSTEM = (
+    "You improve the system prompt of an AI assistant. You are shown its current system prompt and conversations "
+    "in which it failed its task. Write a better system prompt: clear instructions that would have made it succeed. "
+    "Reply with the new system prompt only, between <prompt> and </prompt>."
+)
+"""The critic's instructions."""
+
+_PROMPT_TAG = re.compile(r"<prompt>(.*?)(?:</prompt>|$)", re.DOTALL | re.IGNORECASE)
+
+
+def critic_messages(prompt: str | None, failures: Sequence[str]) -> list[Message]:
+    """The chat the critic model reads: instructions, the current prompt, the failed episodes."""
+    shown = "(no system prompt)" if prompt is None else prompt
+    parts = [f"Current system prompt:\n<prompt>{shown}</prompt>", "Conversations where the assistant failed:"]
+    parts += [f"--- conversation {i} ---\n{t}" for i, t in enumerate(failures, 1)]
+    parts.append("Write the improved system prompt between <prompt> and </prompt>.")
+    return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def parse_proposal(reply: str, max_chars: int = 1000) -> str | None:
+    """The new prompt in a critic's reply: the text between <prompt> tags, else the whole reply (stripped, at most
+    ``max_chars``); None when nothing is left."""
+    match = _PROMPT_TAG.search(reply)
+    text = (match.group(1) if match else reply).strip()[:max_chars].strip()
+    return text or None
+
+
+ChatFn = Callable[[list[Message], int, int], list[str]]
+"""``chat(messages, n, seed) -> n replies``."""
+
+
+class EngineChat:
+    """A chat model on an :class:`~agentgym.engines.Engine`: messages through the tokenizer's chat template.
+
+    Args:
+        engine: the engine (the policy's own serves as its critic).
+        tokenizer: its tokenizer (with a chat template).
+        temperature, max_new_tokens: sampling of the replies.
+    """
+
+    def __init__(self, engine: Any, tokenizer: Any, temperature: float = 0.8, max_new_tokens: int = 128):
+        from agentgym.chat import ChatTemplate
+
+        self.engine, self.tokenizer = engine, tokenizer
+        self.chat = ChatTemplate(tokenizer)
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+
+    def fits(self, messages: list[Message]) -> bool:
+        """Whether the prompt and a full reply fit the model's context."""
+        limit = getattr(self.engine, "max_model_len", None)
+        return limit is None or len(self.chat.prompt_ids(messages)) + self.max_new_tokens <= limit
+
+    def __call__(self, messages: list[Message], n: int, seed: int) -> list[str]:
+        from agentgym.engines import SamplingParams
+
+        params = SamplingParams(n=n, temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=seed,
+                                stop_token_ids=sorted(self.chat.stop_token_ids))
+        out = self.engine.generate([self.chat.prompt_ids(messages)], params)
+        return [self.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in out[0]]
+
+
+class OpenAIChat:
+    """A chat model behind an OpenAI-compatible endpoint (``agentgym serve``, vLLM, a hosted API).
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000/v1``.
+        model: the model name the server knows.
+        api_key: the key (servers that need none accept any string).
+        temperature, max_new_tokens: sampling of the replies.
+        http_client: an ``httpx.Client`` for the openai client (tests pass one with a mock transport).
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", temperature: float = 0.8,
+                 max_new_tokens: int = 128, http_client: Any = None):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", http_client=http_client)
+        self.model, self.temperature, self.max_new_tokens = model, temperature, max_new_tokens
+
+    def fits(self, messages: list[Message]) -> bool:
+        return True
+
+    def __call__(self, messages: list[Message], n: int, seed: int) -> list[str]:
+        replies = []
+        for i in range(n):  # one request per reply: not every server implements n > 1
+            resp = self.client.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.temperature,
+                max_tokens=self.max_new_tokens, seed=seed + i,
+            )
+            replies.append(resp.choices[0].message.content or "")
+        return replies
+
+
+class ChatCritic:
+    """A critic that asks a chat model (``chat(messages, n, seed) -> replies``) to rewrite the prompt.
+
+    When the conversation does not fit the model's context (``chat.fits``), fewer and shorter failures are shown.
+    """
+
+    def __init__(self, chat: ChatFn, max_prompt_chars: int = 1000):
+        self.chat = chat
+        self.max_prompt_chars = max_prompt_chars
+
+    def propose(self, prompt: str | None, failures: Sequence[str], num: int, seed: int) -> list[str]:
+        shown = list(failures)
+        messages = critic_messages(prompt, shown)
+        fits = getattr(self.chat, "fits", lambda m: True)
+        while not fits(messages):
+            if len(shown) > 1:
+                shown = shown[:-1]
+            elif shown and len(shown[0]) > 200:
+                shown = [shown[0][: len(shown[0]) // 2]]
+            else:
+                raise ValueError("the critic's instructions and one failed episode do not fit its context; use a "
+                                 "critic model with a longer context")
+            messages = critic_messages(prompt, shown)
+        replies = self.chat(messages, num, seed)
+        out = [parse_proposal(r, self.max_prompt_chars) for r in replies]
+        return [p for p in out if p is not None]
+
+
+def as_critic(critic: Any) -> Critic:
+    """A :class:`Critic` from a critic, or from a plain callable ``fn(prompt, failures)``."""
+    if isinstance(critic, Critic):
+        return critic
+    if callable(critic):
+        return FunctionCritic(critic)
+    raise TypeError(f"a critic needs propose(prompt, failures, num, seed) or to be callable, got {type(critic)}")
+
+
+# -- the search -----------------------------------------------------------------------------------------------------
+@dataclass
+class APOConfig:
+    """An automatic prompt optimization run; every field has a default, so ``APOConfig()`` runs."""
+
+    env: str = "agentgym/GuessNumber-v0"
+    """registered env id (a chat env: a MessageEnv)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for the env, e.g. --env.high 10"""
+    algo: str = "apo"
+    """apo (automatic prompt optimization)"""
+    model: str = "SmolLM2-135M-Instruct"
+    """the policy: the embedded default's name, a local HF directory, or a hub id"""
+    initial_prompt: str | None = None
+    """the prompt to start from (none: the env's own system prompt)"""
+    critic: str = ""
+    """the critic: empty for the policy model itself, a model name or directory, or an OpenAI-compatible base URL"""
+    critic_model: str = ""
+    """the model name to ask an OpenAI-compatible critic for (default: --model)"""
+    critic_api_key_env: str = "OPENAI_API_KEY"
+    """environment variable holding the OpenAI-compatible critic's API key"""
+    critic_temperature: float = 0.8
+    """sampling temperature of the critic's replies"""
+    critic_max_new_tokens: int = 128
+    """longest critic reply, in tokens"""
+    rounds: int = 3
+    """rounds of beam search"""
+    beam_width: int = 2
+    """prompts kept after each round"""
+    num_edits: int = 2
+    """new prompts the critic proposes per beam member per round"""
+    max_failures: int = 3
+    """failed episodes shown to the critic per proposal"""
+    critique_tasks: int = 8
+    """training tasks played per beam member per round to find failures (new seeds every round)"""
+    val_tasks: int = 16
+    """validation tasks every candidate is scored on (fixed seeds: val_seed + i)"""
+    val_samples: int = 2
+    """episodes per validation task"""
+    val_seed: int = VAL_SEED
+    """reset seed of the first validation task"""
+    eval_episodes: int = 0
+    """after the search, play this many held-out tasks with the initial and the best prompt (0: none)"""
+    max_prompt_chars: int = 1000
+    """longest prompt taken from a critic reply, in characters"""
+    max_seconds: float = 0.0
+    """stop scoring new candidates after this many seconds (0: no limit)"""
+    max_new_tokens: int = 32
+    """tokens the policy may generate per turn"""
+    temperature: float = 1.0
+    """the policy's sampling temperature"""
+    top_p: float = 1.0
+    """nucleus sampling threshold (1 disables)"""
+    top_k: int = 0
+    """top-k sampling (0 disables)"""
+    max_context_tokens: int = 2048
+    """longest context an episode may reach"""
+    env_threads: int = 0
+    """step envs in a thread pool of this size (for envs that wait on I/O)"""
+    seed: int = 0
+    """seeds the training tasks and the critic's sampling"""
+    run_dir: str = ""
+    """where apo.json, config.json and metrics.jsonl go (default runs/<env>-apo-<time>)"""
+    wandb: bool = True
+    """log to wandb (mode from WANDB_MODE; offline without credentials)"""
+    wandb_project: str = "agentgym"
+    """wandb project"""
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "beam_width", "num_edits", "max_failures", "critique_tasks", "val_tasks",
+                     "val_samples", "max_prompt_chars", "max_new_tokens"):
+            low = 0 if name == "rounds" else 1
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.algo != "apo":
+            raise ValueError(f"APOConfig runs algo 'apo', got {self.algo!r}")
+
+
+@dataclass
+class Candidate:
+    """A scored prompt of the search."""
+
+    id: int
+    """its index in the history"""
+    prompt: str | None
+    score: float
+    """mean validation return"""
+    success_rate: float
+    """validation success rate"""
+    round: int
+    """the round that proposed it (0: the initial prompt)"""
+    parent: int | None
+    """the id of the prompt it was rewritten from"""
+
+
+@dataclass
+class APOResult:
+    """The outcome of a search: the best prompt and every candidate's score."""
+
+    best: Candidate
+    initial: Candidate
+    history: list[Candidate]
+    rounds: int
+    """rounds completed"""
+    wall_s: float
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    """held-out success and reward of the initial and best prompts (when eval_episodes > 0)"""
+    run_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "best_prompt": self.best.prompt,
+            "best_score": self.best.score,
+            "best_success_rate": self.best.success_rate,
+            "initial_prompt": self.initial.prompt,
+            "initial_score": self.initial.score,
+            "initial_success_rate": self.initial.success_rate,
+            "rounds": self.rounds,
+            "wall_s": self.wall_s,
+            "eval": self.eval,
+            "history": [dataclasses.asdict(c) for c in self.history],
+        }
+
+
+def _ranked(cands: Sequence[Candidate]) -> list[Candidate]:
+    return sorted(cands, key=lambda c: (-c.score, c.id))  # ties: the earlier candidate
+
+
+def optimize_prompt(
+    cfg: APOConfig, model: Any = None, tokenizer: Any = None, engine: Any = None, critic: Any = None,
+) -> APOResult:
+    """Beam search over the system prompt of ``cfg.env`` (see the module docstring); writes ``apo.json``.
+
+    Args:
+        cfg: the run config.
+        model, tokenizer: the policy instead of loading ``cfg.model`` (tests pass tiny ones).
+        engine: the policy's engine (default: a :class:`~agentgym.engines.TransformersEngine` over ``model``).
+        critic: a :class:`Critic` or a callable ``fn(prompt, failures)``; default from ``cfg.critic``.
+    """
+    import torch
+
+    from agentgym.engines import SamplingParams, TransformersEngine
+    from agentgym.tracking import RunLogger
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if model is None and engine is None:
+        from agentgym.models import load_model
+
+        model, tokenizer = load_model(cfg.model)
+    if tokenizer is None:
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer together with the model")
+    engine = engine if engine is not None else TransformersEngine(model, tokenizer)
+    crit = as_critic(critic) if critic is not None else default_critic(cfg, engine, tokenizer)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens)
+    env_kwargs = dict(cfg.env_kwargs)
+    run_dir = Path(cfg.run_dir or Path("runs") / f"{cfg.env.split('/')[-1]}-apo-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+
+    common = dict(env_id=cfg.env, env_kwargs=env_kwargs, engine=engine, tokenizer=tokenizer, params=params,
+                  max_context_tokens=cfg.max_context_tokens, num_threads=cfg.env_threads)
+    validate = PromptEvaluator(num_tasks=cfg.val_tasks, samples_per_task=cfg.val_samples, seed=cfg.val_seed, **common)
+    critique = PromptEvaluator(num_tasks=cfg.critique_tasks, samples_per_task=1, seed=cfg.seed * 1_000_003, **common)
+    logger = RunLogger(run_dir, dataclasses.asdict(cfg), use_wandb=cfg.wandb, project=cfg.wandb_project)
+
+    history: list[Candidate] = []
+    seen: dict[str | None, Candidate] = {}
+
+    def out_of_time() -> bool:
+        return cfg.max_seconds > 0 and time.perf_counter() - t0 > cfg.max_seconds
+
+    def score(prompt: str | None, round_: int, parent: int | None) -> Candidate | None:
+        if prompt in seen:
+            return None
+        s = validate(prompt)
+        cand = Candidate(len(history), prompt, s.score, s.success_rate, round_, parent)
+        history.append(cand)
+        seen[prompt] = cand
+        return cand
+
+    try:
+        initial_prompt = cfg.initial_prompt
+        if initial_prompt is None:
+            initial_prompt = env_system_prompt(cfg.env, tokenizer, env_kwargs, seed=cfg.val_seed)
+        initial = score(initial_prompt, 0, None)
+        assert initial is not None
+        beam = [initial]
+        rounds_done = 0
+        logger.log(_round_metrics(history, beam, [], t0), step=0)
+        for r in range(1, cfg.rounds + 1):
+            if out_of_time():
+                break
+            new: list[Candidate] = []
+            for parent in beam:
+                if out_of_time():
+                    break
+                played = critique(parent.prompt, seed=cfg.seed * 1_000_003 + r * 7_919 + parent.id * cfg.critique_tasks)
+                failed = sorted((ep for ep in played.episodes if not ep.success), key=lambda ep: ep.total_reward)
+                if not failed:
+                    continue  # nothing to learn from on these tasks
+                failures = [transcript(ep) for ep in failed[: cfg.max_failures]]
+                proposals = crit.propose(parent.prompt, failures, cfg.num_edits, cfg.seed * 1_000_003 + r * 101 + parent.id)
+                for prompt in proposals[: cfg.num_edits]:
+                    if out_of_time():
+                        break
+                    cand = score(prompt, r, parent.id)
+                    if cand is not None:
+                        new.append(cand)
+            beam = _ranked(beam + new)[: cfg.beam_width]
+            rounds_done = r
+            logger.log(_round_metrics(history, beam, new, t0), step=r)
+        best = _ranked(history)[0]
+        evals: dict[str, dict[str, float]] = {}
+        if cfg.eval_episodes > 0:
+            from agentgym.evaluate import EVAL_SEED
+
+            held_out = PromptEvaluator(num_tasks=cfg.eval_episodes, samples_per_task=1, seed=EVAL_SEED, **common)
+            try:
+                for name, cand in (("initial", initial), ("best", best)):
+                    s = held_out(cand.prompt)
+                    evals[name] = {"success_rate": s.success_rate, "reward_mean": s.score}
+            finally:
+                held_out.close()
+        result = APOResult(best, initial, history, rounds_done, time.perf_counter() - t0, evals, str(run_dir))
+        (run_dir / "apo.json").write_text(json.dumps(result.to_json(), indent=2))
+        return result
+    finally:
+        logger.close()
+        validate.close()
+        critique.close()
+
+
+def _round_metrics(history: list[Candidate], beam: list[Candidate], new: list[Candidate], t0: float) -> dict[str, float]:
+    best = _ranked(history)[0]
+    return {
+        "best_score": best.score,
+        "best_success_rate": best.success_rate,
+        "beam_score_mean": sum(c.score for c in beam) / len(beam),
+        "new_candidates": float(len(new)),
+        "new_score_max": max((c.score for c in new), default=math.nan),
+        "candidates": float(len(history)),
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def default_critic(cfg: APOConfig, engine: Any, tokenizer: Any) -> Critic:
+    """The critic ``cfg.critic`` names: the policy's own engine, another model, or an OpenAI-compatible URL."""
+    if not cfg.critic:
+        chat: Any = EngineChat(engine, tokenizer, cfg.critic_temperature, cfg.critic_max_new_tokens)
+    elif cfg.critic.startswith(("http://", "https://")):
+        chat = OpenAIChat(cfg.critic, cfg.critic_model or cfg.model, os.environ.get(cfg.critic_api_key_env, ""),
+                          cfg.critic_temperature, cfg.critic_max_new_tokens)
+    else:
+        from agentgym.engines import TransformersEngine
+        from agentgym.models import load_model
+
+        critic_model, critic_tok = load_model(cfg.critic)
+        chat = EngineChat(TransformersEngine(critic_model, critic_tok), critic_tok, cfg.critic_temperature,
+                          cfg.critic_max_new_tokens)
+    return ChatCritic(chat, cfg.max_prompt_chars)
+
+
+# -- command --------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    """``agentgym train --algo apo [--key value]...``."""
+    from agentgym.config import help_text, parse_cli
+
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        print("usage: agentgym train --algo apo [--config FILE.yaml] [--key value]...\n\n"
+              "Automatic prompt optimization: beam search over the env's system prompt; a critic model reads\n"
+              "failed episodes and rewrites the prompt; candidates are scored on validation tasks. The best prompt\n"
+              "and every candidate's score go to RUN_DIR/apo.json.\n\noptions:")
+        print(help_text(APOConfig, APO_ALIASES))
+        return 0
+    try:
+        cfg = parse_cli(APOConfig, argv, APO_ALIASES)
+    except (KeyError, ValueError) as e:
+        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    try:
+        result = optimize_prompt(cfg)
+    except (TypeError, ValueError) as e:
+        print(f"agentgym train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"done: {result.rounds} rounds, {len(result.history)} prompts scored; best score {result.best.score:.3f} "
+          f"(initial {result.initial.score:.3f}), success {result.best.success_rate:.3f}; "
+          f"best prompt in {Path(result.run_dir) / 'apo.json'}")
+    return 0
+
+
+__all__ = [
+    "APOConfig",
+    "APOResult",
+    "Candidate",
+    "ChatCritic",
+    "Critic",
+    "EngineChat",
+    "FunctionCritic",
+    "OpenAIChat",
+    "PromptEvaluator",
+    "PromptScore",
+    "SystemPromptEnv",
+    "as_critic",
+    "critic_messages",
+    "default_critic",
+    "env_system_prompt",
+    "make_prompted_env",
+    "optimize_prompt",
+    "parse_proposal",
+    "transcript",
+    "with_system_prompt",
+]
