@@ -125,7 +125,7 @@ class _Children:
     def __init__(self, processes: list[Any], store: Any):
         self.processes, self.store = processes, store
 
-    def join(self, timeout_s: float = 20.0) -> list[int | None]:
+    def join(self, timeout_s: float = 120.0) -> list[int | None]:
         """Wait for the children to exit; stop those still running after ``timeout_s``. Returns the exit codes
         of the children that exited on their own (None for those stopped)."""
         deadline = time.monotonic() + timeout_s
@@ -135,7 +135,6 @@ class _Children:
         for p in self.processes:
             if p.is_alive():
                 warnings.warn(f"{p.name} did not exit within {timeout_s:.0f} s of rank 0 finishing; stopping it")
-                import signal; os.kill(p.pid, signal.SIGUSR1); time.sleep(3)  # DEBUGTMP
                 p.terminate()
                 p.join(5)
                 codes.append(None)
@@ -447,16 +446,21 @@ class DataParallel:
         return []
 
     def close(self) -> None:
-        """Leave the process group (when this wrapper joined it) and wait for the ranks this process started."""
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self._owns_group = False
+        """Wait for the ranks this process started, then leave the process group (when this wrapper joined it).
+
+        The children finish their last step and exit first, so no rank tears its connections down while another
+        still uses them.
+        """
+        codes: list[int | None] = []
         if self._children is not None:
             codes = self._children.join()
             self._children = None
-            bad = [c for c in codes if c not in (0, None)]
-            if bad:
-                raise RuntimeError(f"trainer processes exited with codes {codes}")
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+        bad = [c for c in codes if c not in (0, None)]
+        if bad:
+            raise RuntimeError(f"trainer processes exited with codes {codes} (see their output above)")
 
 
 # -- the Trainer's entry point --------------------------------------------------------------------------------------
@@ -500,7 +504,6 @@ def _child_main(rank: int, world_size: int, port: int, backend: str, cfg: Any, s
     from agentgym.trainer import Trainer
 
     _set_threads(world_size)
-    import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, file=open("/tmp/w9/child_stack.txt", "w"), all_threads=True)  # DEBUGTMP
     model, tokenizer = spec.build()
     _join_as_child(rank, world_size, port, backend)
     try:

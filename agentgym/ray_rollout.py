@@ -148,8 +148,8 @@ class RayCollector:
         gpus_per_worker: Ray GPUs each actor reserves.
         max_inflight: tasks queued on one worker at a time (2 hides the round trip between tasks).
         max_attempts: a task that lost this many workers is an error (it probably kills them).
-        ray_address: the cluster to join when Ray is not initialized yet (default: ``RAY_ADDRESS``, or a new local
-            one). A cluster this collector started is shut down by :meth:`close`.
+        ray_address: the cluster to join when Ray is not initialized yet (default: ``RAY_ADDRESS``, else a new
+            cluster of this machine). :meth:`close` shuts Ray down when this collector initialized it.
     """
 
     def __init__(
@@ -170,7 +170,11 @@ class RayCollector:
             raise ValueError(f"num_workers and num_groups must be >= 1, got {num_workers} and {num_groups}")
         self._owns_ray = False
         if not ray.is_initialized():
-            ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+            address = ray_address or os.environ.get("RAY_ADDRESS") or None
+            if address is None:  # a new cluster of this machine alone: advertise the loopback address
+                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+            else:
+                ray.init(address=address)
             self._owns_ray = True
         if cpus_per_worker is None:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))

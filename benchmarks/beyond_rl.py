@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--real-model", action="store_true",
                    help="SmolLM2-135M-Instruct on 2-operand addition (default: the tiny model on GuessNumber 1..3)")
+    p.add_argument("--env", default=None, choices=sorted({*TINY_ENVS, *REAL_ENVS}),
+                   help="the env setting (default: guess3 with the tiny model, add with --real-model)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="wall-time budget per method and seed (default: 60 tiny, 600 real)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per method (default: %(default)s)")
@@ -196,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    plan = REAL if args.real_model else TINY
+    plan = dict(REAL if args.real_model else TINY)
+    if args.env:
+        plan["env"] = {**TINY_ENVS, **REAL_ENVS}[args.env]
     budget = args.budget_s if args.budget_s is not None else plan["budget_s"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -210,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{args.episodes} held-out tasks, {args.seeds} seed(s)")
     runs: list[MethodRun] = []
     name = "beyond_rl_real" if args.real_model else "beyond_rl"
+    if args.env:
+        name += f"_{args.env}"
     for seed in range(args.seeds):
         for method in methods:
             print(f"{method} seed {seed} ...", flush=True)

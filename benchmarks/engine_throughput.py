@@ -32,10 +32,11 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return torch.randint(100, vocab, (batch, length), generator=g).tolist()
 
 
-def bench_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> float:
-    """Seconds for ``model.generate`` to sample ``new_tokens`` for every prompt (EOS ignored)."""
+def bench_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> tuple[float, float]:
+    """Wall and CPU seconds for ``model.generate`` to sample ``new_tokens`` for every prompt (EOS ignored)."""
     ids = torch.tensor(prompts)
     torch.manual_seed(0)
+    cpu = time.process_time()
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -49,19 +50,20 @@ def bench_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int
             top_p=1.0,
             pad_token_id=pad_id,
         )
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert out.shape[1] == ids.shape[1] + new_tokens
-    return elapsed
+    return elapsed, cpu
 
 
-def bench_engine(engine: TransformersEngine, prompts: list[list[int]], new_tokens: int) -> float:
-    """Seconds for the engine to sample ``new_tokens`` for every prompt (no stop tokens)."""
+def bench_engine(engine: TransformersEngine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    """Wall and CPU seconds for the engine to sample ``new_tokens`` for every prompt (no stop tokens)."""
     params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, stop_token_ids=[], seed=0)
+    cpu = time.process_time()
     start = time.perf_counter()
     out = engine.generate(prompts, params)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert all(len(c[0].token_ids) == new_tokens for c in out)
-    return elapsed
+    return elapsed, cpu
 
 
 def bench_multiturn(
@@ -82,6 +84,7 @@ def bench_multiturn(
             "context_tokens": len(contexts[0]),
             "seconds": elapsed,
             "prefill_tokens": engine.last_stats["prefill_tokens"],
+            "reused_tokens": engine.last_stats["reused_tokens"],
         })
         observations = _prompts(batch, obs_tokens, vocab, seed=100 + turn)
         contexts = [c + o[0].token_ids + obs for c, o, obs in zip(contexts, out, observations)]
@@ -109,6 +112,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     model, tokenizer = load_model(args.model)
     engine = TransformersEngine(model, tokenizer, seed=0)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -129,10 +133,12 @@ def main() -> None:
                 ref.append(bench_generate(model, prompts, args.new_tokens, pad_id))
             ours.append(bench_engine(engine, prompts, args.new_tokens))
         tokens = batch * args.new_tokens
+        best, best_ref = min(ours), min(ref) if ref else None
         row = {"batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-               "agentgym_s": min(ours), "agentgym_tok_s": tokens / min(ours)}
-        if ref:
-            row.update({"generate_s": min(ref), "generate_tok_s": tokens / min(ref), "speedup": min(ref) / min(ours)})
+               "agentgym_s": best[0], "agentgym_cpu_s": best[1], "agentgym_tok_s": tokens / best[0]}
+        if best_ref:
+            row.update({"generate_s": best_ref[0], "generate_cpu_s": best_ref[1],
+                        "generate_tok_s": tokens / best_ref[0], "speedup": best_ref[0] / best[0]})
         throughput.append(row)
         print(json.dumps(row), flush=True)
 
@@ -144,15 +150,18 @@ def main() -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print()
+    print(f"load average at start {load_start}")
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load}")
     print()
-    print("| batch | prompt | new | agentgym tok/s | model.generate tok/s | speedup |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | prompt | new | agentgym tok/s | model.generate tok/s | speedup | CPU s (ours / generate) |")
+    print("|---|---|---|---|---|---|---|")
     for r in throughput:
         ref = f"{r['generate_tok_s']:.1f}" if "generate_tok_s" in r else "-"
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
-        print(f"| {r['batch']} | {r['prompt_len']} | {r['new_tokens']} | {r['agentgym_tok_s']:.1f} | {ref} | {speed} |")
+        cpu = f"{r['agentgym_cpu_s']:.1f} / {r['generate_cpu_s']:.1f}" if "generate_cpu_s" in r else "-"
+        print(f"| {r['batch']} | {r['prompt_len']} | {r['new_tokens']} | {r['agentgym_tok_s']:.1f} | {ref} | {speed} "
+              f"| {cpu} |")
     print()
     print(f"Multi-turn: {args.turn_batch} episodes, {args.turn_tokens} tokens a turn, {args.obs_tokens}-token "
           "observations; seconds per turn")
@@ -170,7 +179,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
-        "load_average": load,
+        "load_average_start": load_start,
+        "load_average_end": load,
         "fast_forward": engine.uses_fast_forward,
         "throughput": throughput,
         "multiturn": multiturn,

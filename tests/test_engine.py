@@ -14,6 +14,16 @@ from agentgym.tiny import make_tiny_model, make_tiny_policy, make_tiny_tokenizer
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine idle-waiting threads slow them down
+    many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def policy():
     return make_tiny_policy(seed=0)
@@ -313,6 +323,24 @@ def test_changed_weights_drop_kept_contexts():
     assert eng.last_stats["reused_tokens"] == 0
     model.eval()
     assert_exact(model, [nxt], out, 1.0)
+
+
+@pytest.mark.parametrize("how", ["fused-adamw", "data"])
+def test_weight_changes_invisible_to_version_counters_are_noticed(how):
+    """Fused optimizers and writes through .data leave version counters alone; the value probes catch them."""
+    model, tok = make_tiny_policy(seed=4)
+    eng = TransformersEngine(model, tok)
+    prompt = tok.encode("Probe the weights")
+    eng.generate([prompt], SamplingParams(max_new_tokens=3, seed=0), cache_keys=["k"])
+    if how == "data":
+        for p in model.parameters():
+            p.data.add_(0.01)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        model(torch.tensor([prompt])).logits.logsumexp(-1).mean().backward()
+        opt.step()
+    eng.generate([prompt + [5, 6]], SamplingParams(max_new_tokens=3, seed=0), cache_keys=["k"])
+    assert eng.last_stats["reused_tokens"] == 0
 
 
 def test_load_weights_copies_or_skips_shared_tensors():

@@ -30,7 +30,7 @@ def test_cli_trains_with_ray_workers_and_two_trainer_processes(tmp_path):
            "--algo", "grpo", "--iterations", "2", "--groups_per_iteration", "2", "--group_size", "2",
            "--max_new_tokens", "2", "--rollout-workers", "2", "--trainer-procs", "2", "--wandb", "false",
            "--progress", "false", "--export", "false", "--run_dir", str(tmp_path / "run")]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "done: 2 iterations" in out.stdout
@@ -59,52 +59,58 @@ def actions(episodes):
     return [(ep.group_id, [tuple(t.action_ids) for t in ep.turns]) for ep in episodes]
 
 
-def test_collect_streams_every_group_once(cluster):
+@pytest.fixture(scope="module")
+def collector(cluster):
+    """Two workers shared by the tests below (starting a worker is the slow part); each test starts from the
+    initial weights."""
     config, model = worker_config()
-    rc = RayCollector(config, num_workers=2, num_groups=5, weights=state(model))
-    try:
-        streamed = list(rc.stream(seed=100))
-        assert sorted(task.index for task, _ in streamed) == [0, 1, 2, 3, 4]
-        assert len({task.task_id for task, _ in streamed}) == 5
-        episodes = rc.collect(seed=100)
-        assert [ep.group_id for ep in episodes] == [100, 100, 101, 101, 102, 102, 103, 103, 104, 104]
-        assert [ep.episode_id for ep in episodes] == list(range(10))
-        # A task samples the same episodes whichever worker runs it (so a requeued task replaces a lost one).
-        by_index = {task.index: eps for task, eps in streamed}
-        assert actions(episodes) == actions([ep for g in range(5) for ep in by_index[g]])
-        assert len({ep.info["rollout_worker_pid"] for ep in episodes}) == 2, "both workers took tasks"
-        assert len({ep.info["rollout_task"] for ep in episodes}) == 5
-        assert rc.venv.envs[0].env.max_turns == 2
-        again = rc.collect(seed=100)
-        assert [ep.episode_id for ep in again] == list(range(10, 20))
-    finally:
-        rc.close()
+    rc = RayCollector(config, num_workers=2, num_groups=6, weights=state(model), max_inflight=2)
+    rc.initial_model = model
+    yield rc
+    rc.close()
 
 
-def test_new_weights_reach_every_worker(cluster):
-    config, model = worker_config(max_new_tokens=4)
-    rc = RayCollector(config, num_workers=2, num_groups=4, weights=state(model))
-    try:
-        before = rc.collect(seed=7)
-        assert {ep.info["weights_version"] for ep in before} == {0}
-        new_model, tok = make_tiny_policy(seed=1)
-        rc.load_weights(state(new_model))
-        after = rc.collect(seed=7)
-        assert {ep.info["weights_version"] for ep in after} == {1}
-        assert actions(after) != actions(before)
-        # The sampled tokens' logprobs are the new policy's, as the trainer computes them.
-        for ep in after:
-            turn = ep.turns[0]
-            ids = torch.tensor([turn.prompt_ids + turn.action_ids])
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            mask[0, len(turn.prompt_ids):] = True
-            with torch.no_grad():
-                new = forward(new_model, ids, torch.ones_like(mask), mask).logprobs[mask]
-                old = forward(model, ids, torch.ones_like(mask), mask).logprobs[mask]
-            assert torch.allclose(new, torch.tensor(turn.logprobs), atol=1e-4)
-            assert not torch.allclose(old, torch.tensor(turn.logprobs), atol=1e-4)
-    finally:
-        rc.close()
+def test_collect_streams_every_group_once(collector):
+    rc = collector
+    rc.load_weights(state(rc.initial_model))
+    streamed = list(rc.stream(seed=100))
+    assert sorted(task.index for task, _ in streamed) == [0, 1, 2, 3, 4, 5]
+    assert len({task.task_id for task, _ in streamed}) == 6
+    episodes = rc.collect(seed=100)
+    assert [ep.group_id for ep in episodes] == [100 + g for g in range(6) for _ in range(2)]
+    first = episodes[0].episode_id
+    assert [ep.episode_id for ep in episodes] == list(range(first, first + 12))
+    # A task samples the same episodes whichever worker runs it (so a requeued task replaces a lost one).
+    by_index = {task.index: eps for task, eps in streamed}
+    assert actions(episodes) == actions([ep for g in range(6) for ep in by_index[g]])
+    assert len({ep.info["rollout_worker_pid"] for ep in episodes}) == 2, "both workers took tasks"
+    assert len({ep.info["rollout_task"] for ep in episodes}) == 6
+    assert rc.venv.envs[0].env.max_turns == 2
+    again = rc.collect(seed=100)
+    assert [ep.episode_id for ep in again] == list(range(first + 12, first + 24))
+
+
+def test_new_weights_reach_every_worker(collector):
+    rc, model = collector, collector.initial_model
+    rc.load_weights(state(model))
+    before = rc.collect(seed=7)
+    assert {ep.info["weights_version"] for ep in before} == {rc.version}
+    new_model, _ = make_tiny_policy(seed=1)
+    rc.load_weights(state(new_model))
+    after = rc.collect(seed=7)
+    assert {ep.info["weights_version"] for ep in after} == {rc.version}
+    assert actions(after) != actions(before)
+    # The sampled tokens' logprobs are the new policy's, as the trainer computes them.
+    for ep in after:
+        turn = ep.turns[0]
+        ids = torch.tensor([turn.prompt_ids + turn.action_ids])
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[0, len(turn.prompt_ids):] = True
+        with torch.no_grad():
+            new = forward(new_model, ids, torch.ones_like(mask), mask).logprobs[mask]
+            old = forward(model, ids, torch.ones_like(mask), mask).logprobs[mask]
+        assert torch.allclose(new, torch.tensor(turn.logprobs), atol=1e-4)
+        assert not torch.allclose(old, torch.tensor(turn.logprobs), atol=1e-4)
 
 
 def kill_other_worker(pids, killed, collector, result):
@@ -116,27 +122,25 @@ def kill_other_worker(pids, killed, collector, result):
     killed.append(victim)
 
 
-def test_killed_worker_is_replaced_and_no_episode_is_lost_or_counted_twice(cluster):
-    config, model = worker_config()
-    rc = RayCollector(config, num_workers=2, num_groups=6, weights=state(model), max_inflight=2)
-    try:
-        reference = rc.collect(seed=50)
-        assert rc.last_stats["rollout_worker_restarts"] == 0
-        killed = []
-        episodes = rc.collect(seed=50, on_result=functools.partial(kill_other_worker, rc.worker_pids(), killed))
-        assert len(killed) == 1
-        assert rc.last_stats["rollout_worker_restarts"] == 1
-        assert rc.last_stats["rollout_requeued_tasks"] >= 1
-        assert rc.last_stats["rollout_duplicate_results"] == 0
-        # Every group exactly once, with the episodes the undisturbed collection produced.
-        assert len(episodes) == 12
-        assert actions(episodes) == actions(reference)
-        assert len({ep.episode_id for ep in episodes + reference}) == 24
-        pids = rc.worker_pids()
-        assert killed[0] not in pids and len(set(pids)) == 2
-        assert len(rc.collect(seed=51)) == 12
-    finally:
-        rc.close()
+def test_killed_worker_is_replaced_and_no_episode_is_lost_or_counted_twice(collector):
+    rc = collector
+    rc.load_weights(state(rc.initial_model))
+    reference = rc.collect(seed=50)
+    assert rc.last_stats["rollout_worker_restarts"] == 0
+    killed = []
+    episodes = rc.collect(seed=50, on_result=functools.partial(kill_other_worker, rc.worker_pids(), killed))
+    assert len(killed) == 1
+    assert rc.last_stats["rollout_worker_restarts"] == 1
+    assert rc.last_stats["rollout_requeued_tasks"] >= 1
+    assert rc.last_stats["rollout_duplicate_results"] == 0
+    # Every group exactly once, with the episodes the undisturbed collection produced.
+    assert len(episodes) == 12
+    assert actions(episodes) == actions(reference)
+    assert len({ep.episode_id for ep in episodes + reference}) == 24
+    pids = rc.worker_pids()
+    assert killed[0] not in pids and len(set(pids)) == 2
+    # The replacement has the current weights: the next collection passes the weights-version check.
+    assert len(rc.collect(seed=51)) == 12
 
 
 @pytest.mark.slow

@@ -21,6 +21,16 @@ from agentgym.engines.server import (
 )
 from agentgym.tiny import make_tiny_model, make_tiny_policy
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine idle-waiting threads slow them down
+    many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -137,13 +147,25 @@ def test_cache_key_reuses_the_conversation(client, engine, policy):
     engine.release("conv")
 
 
-def test_special_token_stop_string_becomes_a_stop_token(client, policy):
+def test_special_token_stop_string_becomes_a_stop_token(engine, policy):
+    """Decoded text leaves special tokens out, so a stop string naming one is turned into a stop token."""
     _, tok = policy
-    r = client.completions.create(model="tiny", prompt="x", max_tokens=30, stop=["<|im_start|>"],
-                                  extra_body={"stop_token_ids": [], "top_k": -1}, seed=0, temperature=0)
-    c = r.choices[0]
-    if c.finish_reason == "stop":
-        assert c.model_extra["token_ids"][-1] == tok.convert_tokens_to_ids("<|im_start|>")
+    seen = []
+
+    def handler(prompt_ids, params, info):
+        seen.append(params)
+        return Completion(token_ids=[5], logprobs=[-1.0], finish_reason="length", text="x")
+
+    with start_server(create_app(engine, "tiny", handler=handler)) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0)
+        c.completions.create(model="tiny", prompt="x", max_tokens=3, stop=["<|im_start|>", "END"],
+                             extra_body={"top_k": -1})
+        c.completions.create(model="tiny", prompt="x", max_tokens=3, stop="<|im_start|>",
+                             extra_body={"stop_token_ids": [7]})
+    first, second = seen
+    assert first.stop == ["END"] and first.top_k == 0
+    assert first.stop_token_ids == engine.eos_token_ids + [tok.convert_tokens_to_ids("<|im_start|>")]
+    assert second.stop is None and second.stop_token_ids == [7, tok.convert_tokens_to_ids("<|im_start|>")]
 
 
 def _raw(server, path, content, **headers):

@@ -309,6 +309,7 @@ class _Server:
         self.max_n = max_n
         self.worker = EngineWorker(engine) if handler is None else None
         self.created = int(time.time())
+        self.special_tokens = _special_tokens(engine.tokenizer)
 
     @property
     def tokenizer(self) -> Any:
@@ -362,9 +363,8 @@ class _Server:
             raise RequestError("'stop_token_ids' must be a list of integers.", param="stop_token_ids")
         # Decoded text leaves special tokens out, so a stop string that is one special token (e.g. "<|im_end|>")
         # becomes a stop token.
-        specials = set(getattr(self.tokenizer, "all_special_tokens", None) or [])
-        special_stops = [self.tokenizer.convert_tokens_to_ids(s) for s in stop or [] if s in specials]
-        stop = [s for s in stop or [] if s not in specials] or None
+        special_stops = [self.special_tokens[s] for s in stop or [] if s in self.special_tokens]
+        stop = [s for s in stop or [] if s not in self.special_tokens] or None
         if special_stops:
             base = stop_ids if stop_ids is not None else self.engine.eos_token_ids
             stop_ids = list(dict.fromkeys(list(base) + special_stops))
@@ -416,6 +416,15 @@ class _Server:
     def usage(self, prompt_lens: list[int], completions: list[Completion]) -> dict:
         p, c = sum(prompt_lens), sum(len(x.token_ids) for x in completions)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _special_tokens(tokenizer: Any) -> dict[str, int]:
+    """Special tokens by their text: the ones decoding with ``skip_special_tokens=True`` leaves out."""
+    out = {t.content: int(i) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+           if getattr(t, "special", False)}
+    for text in getattr(tokenizer, "all_special_tokens", None) or []:
+        out.setdefault(text, int(tokenizer.convert_tokens_to_ids(text)))
+    return out
 
 
 def _error(exc: RequestError) -> JSONResponse:

@@ -313,7 +313,6 @@ class _Kept:
     cache: _KVCache
     row: int
     columns: torch.Tensor  # cache column of each token, in order
-    weights: tuple
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -422,33 +421,50 @@ class TransformersEngine(Engine):
         """
         with self._lock:
             own = self.model.state_dict(keep_vars=True)
-            unknown = []
-            with torch.no_grad():
-                for name, value in state_dict.items():
-                    key = name[len("module.") :] if name not in own and name.startswith("module.") else name
-                    target = own.get(key)
-                    if target is None:
-                        unknown.append(name)
-                        continue
-                    if target.shape != value.shape:
-                        raise ValueError(
-                            f"load_weights: {name} has shape {tuple(value.shape)}, the model expects "
-                            f"{tuple(target.shape)}."
-                        )
-                    if value.device == target.device and value.data_ptr() == target.data_ptr():
-                        continue
-                    target.copy_(value)
+            pairs, unknown = [], []
+            for name, value in state_dict.items():
+                key = name[len("module.") :] if name not in own and name.startswith("module.") else name
+                target = own.get(key)
+                if target is None:
+                    unknown.append(name)
+                elif target.shape != value.shape:
+                    raise ValueError(
+                        f"load_weights: {name} has shape {tuple(value.shape)}, the model expects "
+                        f"{tuple(target.shape)}. Pass the state_dict of the same architecture."
+                    )
+                else:
+                    pairs.append((target, value))
             if unknown:
                 raise KeyError(
                     f"load_weights: {len(unknown)} keys are not parameters or buffers of the model, e.g. "
-                    f"{unknown[:5]}. Pass the state_dict of the same architecture."
+                    f"{unknown[:5]}. Pass the state_dict of the same architecture; nothing was loaded."
                 )
+            with torch.no_grad():
+                for target, value in pairs:
+                    if value.device == target.device and value.data_ptr() == target.data_ptr():
+                        continue
+                    target.copy_(value)
             self.clear_cache()
 
     def _weights_signature(self) -> tuple:
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter; replacing a
-        # parameter changes its storage. Either means kept keys/values are stale.
-        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        """A cheap fingerprint of the parameters: storage, version counters and a few values of each tensor.
+
+        In-place updates (optimizer steps, ``load_state_dict``) bump version counters and replacing a parameter
+        changes its storage; fused optimizers and writes through ``.data`` do neither, so four values per tensor
+        are compared as well. Any of these changing means kept keys/values are stale.
+        """
+        params = [p.detach() for p in self.model.parameters()]
+        probes = []
+        for p in params:
+            flat = p.reshape(-1)
+            n = flat.numel()
+            probes.append(flat[torch.tensor([0, n // 3, (2 * n) // 3, n - 1], device=flat.device)])
+        values = torch.cat(probes).float().cpu() if probes else torch.empty(0)
+        return tuple((p.data_ptr(), p._version) for p in params), values
+
+    def _weights_changed(self, signature: tuple) -> bool:
+        seen = self._weights_seen
+        return seen[0] != signature[0] or not torch.equal(seen[1], signature[1])
 
     # ---------------------------------------------------------------------------------------------------- contexts
 
@@ -486,10 +502,10 @@ class TransformersEngine(Engine):
             return []
         with self._lock, torch.inference_mode():
             signature = self._weights_signature()
-            if signature != self._weights_seen:
+            if self._weights_changed(signature):
                 self._kept.clear()
                 self._weights_seen = signature
-            return self._generate(prompts, params, cache_keys, signature)
+            return self._generate(prompts, params, cache_keys)
 
     def _as_ids(self, prompt: Sequence[int], index: int) -> list[int]:
         ids = prompt.tolist() if hasattr(prompt, "tolist") else [int(t) for t in prompt]
@@ -521,7 +537,6 @@ class TransformersEngine(Engine):
         prompts: list[list[int]],
         params: SamplingParams,
         cache_keys: list[str] | None,
-        signature: tuple,
     ) -> list[list[Completion]]:
         device = self.device
         n = params.n
@@ -719,9 +734,9 @@ class TransformersEngine(Engine):
                     kv, row = home[s]
                     fed = results[i][0].token_ids[:-1]
                     columns = torch.cat([prompt_cols, torch.arange(prompt_end, prompt_end + len(fed), device=device)])
-                    self._keep(cache_keys[i], _Kept(prompts[i] + fed, kv, row, columns, signature))
+                    self._keep(cache_keys[i], _Kept(prompts[i] + fed, kv, row, columns))
                 else:
-                    self._keep(cache_keys[i], _Kept(list(prompts[i]), prefill_cache, s, prompt_cols, signature))
+                    self._keep(cache_keys[i], _Kept(list(prompts[i]), prefill_cache, s, prompt_cols))
         return results
 
     # ---------------------------------------------------------------------------------------------------- helpers
