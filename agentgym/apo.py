@@ -551,7 +551,8 @@ def optimize_prompt(
                 if not failed:
                     continue  # nothing to learn from on these tasks
                 failures = [transcript(ep) for ep in failed[: cfg.max_failures]]
-                proposals = crit.propose(parent.prompt, failures, cfg.num_edits, cfg.seed * 1_000_003 + r * 101 + parent.id)
+                critic_seed = cfg.seed * 1_000_003 + r * 101 + parent.id
+                proposals = crit.propose(parent.prompt, failures, cfg.num_edits, critic_seed)
                 for prompt in proposals[: cfg.num_edits]:
                     if out_of_time():
                         break
@@ -582,7 +583,9 @@ def optimize_prompt(
         critique.close()
 
 
-def _round_metrics(history: list[Candidate], beam: list[Candidate], new: list[Candidate], t0: float) -> dict[str, float]:
+def _round_metrics(
+    history: list[Candidate], beam: list[Candidate], new: list[Candidate], t0: float
+) -> dict[str, float]:
     best = _ranked(history)[0]
     return {
         "best_score": best.score,

@@ -169,7 +169,8 @@ def summarize(runs: Sequence[MethodRun]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], title: str) -> str:
-    lines = [f"**{title}**", "", "| method | seeds | held-out success | 95% CI (pooled) | reward | wall s | CPU s | iterations |",
+    header = "| method | seeds | held-out success | 95% CI (pooled) | reward | wall s | CPU s | iterations |"
+    lines = [f"**{title}**", "", header,
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["success_ci95"]

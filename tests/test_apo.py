@@ -181,7 +181,8 @@ def test_openai_compatible_critic(tmp_path):
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}],
         })
 
-    chat = OpenAIChat("http://critic.test/v1", "critic-model", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    chat = OpenAIChat("http://critic.test/v1", "critic-model", http_client=client)
     proposals = ChatCritic(chat).propose("Guess.", ["user: ?\nassistant: 9\noutcome: failed"], num=2, seed=3)
     assert proposals == ["Guess 2 first, then follow the hints."] * 2
     assert [r["seed"] for r in requests] == [3, 4] and requests[0]["model"] == "critic-model"

@@ -189,10 +189,10 @@ def test_sft_from_a_file_of_messages(tmp_path):
     demo = [{"role": "user", "content": "I am thinking of an integer between 1 and 3. Guess it."},
             {"role": "assistant", "content": "2"}]
     path = tmp_path / "demos.jsonl"
-    path.write_text("\n".join(json.dumps({"messages": demo}) for _ in range(8)) + "\n")
-    trainer = _sft_trainer(tmp_path, data=str(path), iterations=2, epochs=5, batch_size=4, eval_episodes=8)
+    path.write_text("\n".join(json.dumps({"messages": demo}) for _ in range(4)) + "\n")
+    trainer = _sft_trainer(tmp_path, data=str(path), iterations=2, epochs=5, batch_size=2, eval_episodes=4)
     history = trainer.train()
-    assert history[-1]["kept_episodes"] == 8 and history[-1]["sft/steps"] == 10
+    assert history[-1]["kept_episodes"] == 4 and history[-1]["sft/steps"] == 10
     assert history[-1]["sft/nll"] < min(0.2, history[0]["sft/nll"])
     assert history[-1]["eval_success_rate"] == history[-1]["success_rate"]
     prompt = ChatTemplate(trainer.tokenizer).prompt_ids(demo[:1])
