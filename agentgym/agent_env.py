@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from agentgym.core import TokenEnv
+from agentgym.multi_agent import trainable_filter
 
 AGENT_HEADER = "X-Agent-Name"
 EPISODE_HEADER = "X-Agentgym-Episode"
@@ -138,16 +139,6 @@ class _Episode:
             return r
 
 
-def _matches(spec: str | set[str] | None) -> Callable[[str], bool]:
-    if spec is None:
-        return lambda name: True
-    if isinstance(spec, str):
-        pattern = re.compile(spec)
-        return lambda name: pattern.fullmatch(name) is not None
-    names = set(spec)
-    return lambda name: name in names
-
-
 class AgentEnv(TokenEnv):
     """An agent program as a :class:`~agentgym.core.TokenEnv`.
 
@@ -192,7 +183,7 @@ class AgentEnv(TokenEnv):
     ):
         super().__init__(len(tokenizer), max_context_tokens=max_context_tokens, tokenizer=tokenizer)
         self.agent, self.tasks, self.engine = agent, tasks, engine
-        self.is_trained = _matches(train_agents)
+        self.is_trained = trainable_filter(train_agents)
         self.reward_fn, self.failure_reward, self.timeout_s = reward_fn, failure_reward, timeout_s
         self.served_model = served_model
         from agentgym.chat import stop_token_ids

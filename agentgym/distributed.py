@@ -125,7 +125,7 @@ class _Children:
     def __init__(self, processes: list[Any], store: Any):
         self.processes, self.store = processes, store
 
-    def join(self, timeout_s: float = 120.0) -> list[int | None]:
+    def join(self, timeout_s: float = 30.0) -> list[int | None]:
         """Wait for the children to exit; stop those still running after ``timeout_s``. Returns the exit codes
         of the children that exited on their own (None for those stopped)."""
         deadline = time.monotonic() + timeout_s
@@ -135,6 +135,7 @@ class _Children:
         for p in self.processes:
             if p.is_alive():
                 warnings.warn(f"{p.name} did not exit within {timeout_s:.0f} s of rank 0 finishing; stopping it")
+                import signal; os.kill(p.pid, signal.SIGUSR1); time.sleep(3)  # DEBUGTMP
                 p.terminate()
                 p.join(5)
                 codes.append(None)
@@ -504,6 +505,7 @@ def _child_main(rank: int, world_size: int, port: int, backend: str, cfg: Any, s
     from agentgym.trainer import Trainer
 
     _set_threads(world_size)
+    import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, file=open(f"/tmp/w9/child_stack_{os.getpid()}.txt", "w"), all_threads=True)  # DEBUGTMP
     model, tokenizer = spec.build()
     _join_as_child(rank, world_size, port, backend)
     try:

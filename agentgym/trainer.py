@@ -464,10 +464,20 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def evaluate(trainer: Trainer, seeds: int = 1) -> float:
-    """Success rate of the current policy over ``seeds`` collections (sampling as in training)."""
-    rates = []
-    for s in range(seeds):
-        eps = trainer.collector.collect(10_000_019 + s * trainer.cfg.groups_per_iteration)
-        rates.append(np.mean([ep.success for ep in eps]))
+def evaluate(trainer: Trainer, seeds: int = 1, greedy: bool = False) -> float:
+    """Success rate of the current policy over ``seeds`` collections on held-out task seeds.
+
+    Sampling is as in training unless ``greedy`` (temperature 0: the policy's most likely reply).
+    """
+    collector = trainer.collector
+    saved = collector.params
+    if greedy:
+        collector.params = dataclasses.replace(saved, temperature=0.0)
+    try:
+        rates = []
+        for s in range(seeds):
+            eps = collector.collect(10_000_019 + s * trainer.cfg.groups_per_iteration)
+            rates.append(np.mean([ep.success for ep in eps]))
+    finally:
+        collector.params = saved
     return float(np.mean(rates)) if rates else math.nan
