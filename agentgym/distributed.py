@@ -15,18 +15,23 @@ The loss is the one a single process would compute:
 Backends: ``gloo`` when the policy is on the CPU, ``nccl`` when it is on a GPU. Process layout:
 
 * one machine: ``agentgym train --trainer_procs M`` makes the current process rank 0 and starts ranks 1..M-1 with
-  :mod:`torch.multiprocessing` (start method ``spawn``), rendezvous on a TCP store bound to 127.0.0.1;
+  :mod:`torch.multiprocessing` (start method ``spawn``); they meet on a file store in a temporary directory and
+  gloo connects them over the loopback interface, so nothing listens on the network;
 * several machines (or GPUs): start every process with ``torchrun``; each reads ``RANK``/``WORLD_SIZE``/
   ``MASTER_ADDR``/``MASTER_PORT`` from its environment (``env://``). See docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
 import os
 import pickle
+import shutil
+import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -120,12 +125,12 @@ def _timeout() -> datetime.timedelta:
 
 
 class _Children:
-    """Ranks 1..M-1 started by rank 0 on this machine, and the TCP store they meet on."""
+    """Ranks 1..M-1 started by rank 0 on this machine, and the store they meet on."""
 
-    def __init__(self, processes: list[Any], store: Any):
-        self.processes, self.store = processes, store
+    def __init__(self, processes: list[Any], store: Any, store_dir: str):
+        self.processes, self.store, self.store_dir = processes, store, store_dir
 
-    def join(self, timeout_s: float = 30.0) -> list[int | None]:
+    def join(self, timeout_s: float = 120.0) -> list[int | None]:
         """Wait for the children to exit; stop those still running after ``timeout_s``. Returns the exit codes
         of the children that exited on their own (None for those stopped)."""
         deadline = time.monotonic() + timeout_s
@@ -135,7 +140,6 @@ class _Children:
         for p in self.processes:
             if p.is_alive():
                 warnings.warn(f"{p.name} did not exit within {timeout_s:.0f} s of rank 0 finishing; stopping it")
-                import signal; os.kill(p.pid, signal.SIGUSR1); time.sleep(3)  # DEBUGTMP
                 p.terminate()
                 p.join(5)
                 codes.append(None)
@@ -143,20 +147,43 @@ class _Children:
                 codes.append(p.exitcode)
         return codes
 
+    def remove_store(self) -> None:
+        self.store = None
+        shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+def _store_file() -> tuple[str, str]:
+    directory = tempfile.mkdtemp(prefix="agentgym-dist-")
+    return directory, os.path.join(directory, "store")
+
+
+@contextlib.contextmanager
+def _loopback():
+    """Make gloo use the loopback interface (all processes are on this machine), unless the user chose one."""
+    if "GLOO_SOCKET_IFNAME" in os.environ or "lo" not in {name for _, name in socket.if_nameindex()}:
+        yield
+        return
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    try:
+        yield
+    finally:
+        del os.environ["GLOO_SOCKET_IFNAME"]
+
 
 def _start_children(world_size: int, target: Callable[..., None], args: tuple, backend: str) -> _Children:
-    """Start ranks 1..world_size-1 running ``target(rank, world_size, port, *args)``; join them as rank 0."""
+    """Start ranks 1..world_size-1 running ``target(rank, world_size, store_path, *args)``; join them as rank 0."""
     import torch.multiprocessing as mp
 
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=_timeout(), wait_for_workers=False)
+    store_dir, path = _store_file()
+    store = dist.FileStore(path, world_size)
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=target, args=(rank, world_size, store.port, *args), daemon=True, name=f"agentgym-rank{rank}")
+        ctx.Process(target=target, args=(rank, world_size, path, *args), daemon=True, name=f"agentgym-rank{rank}")
         for rank in range(1, world_size)
     ]
     for p in procs:
         p.start()
-    children = _Children(procs, store)
+    children = _Children(procs, store, store_dir)
     # Wait for every child to reach the store before the blocking init, so a child that fails early (an import
     # error, a bad config) surfaces as an error here rather than as a hang until the timeout.
     deadline = time.monotonic() + _timeout().total_seconds()
@@ -164,23 +191,31 @@ def _start_children(world_size: int, target: Callable[..., None], args: tuple, b
         dead = [(p.name, p.exitcode) for p in procs if p.exitcode is not None]
         if dead:
             children.join(1)
+            children.remove_store()
             raise RuntimeError(f"trainer process(es) exited before joining the group: {dead} (see their output)")
         if all(store.check([f"agentgym/ready/{r}"]) for r in range(1, world_size)):
             break
         if time.monotonic() > deadline:
             children.join(1)
+            children.remove_store()
             raise TimeoutError("trainer processes did not join the group in time (AGENTGYM_DIST_TIMEOUT_S)")
         time.sleep(0.05)
-    dist.init_process_group(backend, store=store, rank=0, world_size=world_size, timeout=_timeout())
+    with _loopback():
+        dist.init_process_group(backend, store=store, rank=0, world_size=world_size, timeout=_timeout())
     return children
 
 
-def _join_as_child(rank: int, world_size: int, port: int, backend: str) -> None:
+def _set_rank_env(rank: int, world_size: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=_timeout())
+                      LOCAL_WORLD_SIZE=str(world_size))
+
+
+def _join_as_child(rank: int, world_size: int, path: str, backend: str) -> None:
+    _set_rank_env(rank, world_size)
+    store = dist.FileStore(path, world_size)
     store.set(f"agentgym/ready/{rank}", "1")
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_timeout())
+    with _loopback():
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_timeout())
 
 
 def _set_threads(world_size: int) -> None:
@@ -201,8 +236,8 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any, backend: 
 
     ctx = mp.get_context("spawn")
     results_q = ctx.Queue()
-    store = dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=_timeout(), wait_for_workers=False)
-    procs = [ctx.Process(target=_run_rank, args=(r, world_size, store.port, backend, fn, args, results_q),
+    store_dir, path = _store_file()
+    procs = [ctx.Process(target=_run_rank, args=(r, world_size, path, backend, fn, args, results_q),
                          daemon=True) for r in range(world_size)]
     for p in procs:
         p.start()
@@ -229,21 +264,22 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any, backend: 
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+        shutil.rmtree(store_dir, ignore_errors=True)
     if errors:
         raise RuntimeError("distributed run failed:\n" + "\n".join(errors))
     return [results[r] for r in range(world_size)]
 
 
-def _run_rank(rank: int, world_size: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
+def _run_rank(rank: int, world_size: int, path: str, backend: str, fn: Callable[..., Any], args: tuple,
               results_q: Any) -> None:
     import traceback
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _set_rank_env(rank, world_size)
     _set_threads(world_size)
     try:
-        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=_timeout())
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_timeout())
+        store = dist.FileStore(path, world_size)
+        with _loopback():
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_timeout())
         try:
             result = fn(*args)
         finally:
@@ -252,6 +288,9 @@ def _run_rank(rank: int, world_size: int, port: int, backend: str, fn: Callable[
         results_q.put((rank, True, pickle.dumps(result)))
     except BaseException:
         results_q.put((rank, False, traceback.format_exc()))
+    results_q.close()
+    results_q.join_thread()  # the result is sent before the process ends
+    _exit_now(0)
 
 
 # -- the training-side wrapper -------------------------------------------------------------------------------------
@@ -453,12 +492,14 @@ class DataParallel:
         still uses them.
         """
         codes: list[int | None] = []
-        if self._children is not None:
-            codes = self._children.join()
-            self._children = None
+        children, self._children = self._children, None
+        if children is not None:
+            codes = children.join()
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False
+        if children is not None:
+            children.remove_store()
         bad = [c for c in codes if c not in (0, None)]
         if bad:
             raise RuntimeError(f"trainer processes exited with codes {codes} (see their output above)")
@@ -500,20 +541,34 @@ def setup(trainer: Any, strategy: str = "ddp") -> DataParallel:
     return parallel
 
 
-def _child_main(rank: int, world_size: int, port: int, backend: str, cfg: Any, spec: PolicySpec) -> None:
+def _child_main(rank: int, world_size: int, path: str, backend: str, cfg: Any, spec: PolicySpec) -> None:
     """Rank ``rank`` of a run started by :func:`setup`: the same Trainer, following rank 0."""
     from agentgym.trainer import Trainer
 
-    _set_threads(world_size)
-    import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, file=open(f"/tmp/w9/child_stack_{os.getpid()}.txt", "w"), all_threads=True)  # DEBUGTMP
-    model, tokenizer = spec.build()
-    _join_as_child(rank, world_size, port, backend)
+    import traceback
+
+    code = 0
     try:
+        _set_threads(world_size)
+        model, tokenizer = spec.build()
+        _join_as_child(rank, world_size, path, backend)
         trainer = Trainer(cfg, model, tokenizer)
         try:
             trainer.train()
         finally:
             trainer.close()
-    finally:
-        if dist.is_initialized():
             dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """End a child process without running destructors: those of the process group's connections can wait on
+    peers that are themselves waiting for this process to exit. Nothing is left to clean up at this point."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    """The directory that holds downloaded wheels and converted models (``$AGENTGYM_CACHE`` or ``~/.cache/agentgym``)."""
+    """Where downloaded wheels and converted models live: ``$AGENTGYM_CACHE``, else ``~/.cache/agentgym``."""
     root = os.environ.get("AGENTGYM_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "agentgym"
 

@@ -20,6 +20,7 @@ and get the weights through the object store, so they need no access to the trai
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -115,6 +116,13 @@ class RolloutWorker:
         self.engine.load_weights(weights)
         self.version = version
         return version
+
+    def set_params(self, params: Any) -> None:
+        """Sample later tasks with ``params`` (one sample per env; the env's stop tokens when it names none)."""
+        stops = getattr(self.collector.venv.envs[0], "stop_token_ids", None)
+        if params.stop_token_ids is None and stops:
+            params = dataclasses.replace(params, stop_token_ids=sorted(stops))
+        self.collector.params = dataclasses.replace(params, n=1)
 
     def rollout(self, task: RolloutTask) -> RolloutResult:
         t0 = time.perf_counter()
@@ -238,6 +246,18 @@ class RayCollector:
         import ray
 
         return ray.get([s.actor.pid.remote() for s in self.slots])
+
+    @property
+    def params(self) -> Any:
+        """The sampling parameters of the workers' engines."""
+        return self.config.params
+
+    @params.setter
+    def params(self, params: Any) -> None:
+        # Later tasks of every worker (and of replacements, built from the config) sample with these.
+        self.config = dataclasses.replace(self.config, params=params)
+        for slot in self.slots:
+            slot.actor.set_params.remote(params)
 
     # -- weights ----------------------------------------------------------------------------------------------------
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:

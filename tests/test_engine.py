@@ -410,11 +410,14 @@ def test_generic_forward_runs_other_architectures(policy):
     eng = TransformersEngine(model, tok)
     assert not eng.uses_fast_forward
     prompts = _prompts(tok, TEXTS)
-    try:
-        out = eng.generate(prompts, SamplingParams(temperature=0.8, max_new_tokens=6, seed=0, stop_token_ids=[]))
-    except Exception as exc:  # pragma: no cover - depends on the installed transformers' GPT-2 cache handling
-        pytest.skip(f"GPT-2 does not accept an external cache object here: {exc}")
+    out = eng.generate(prompts, SamplingParams(temperature=0.8, max_new_tokens=6, seed=0, stop_token_ids=[]))
     assert_exact(model, prompts, out, 0.8)
+    # Multi-turn reuse through the generic path.
+    nxt = [p + o[0].token_ids + tok.encode(" and") for p, o in zip(prompts, out)]
+    eng.generate(prompts, SamplingParams(max_new_tokens=6, seed=0, stop_token_ids=[]), cache_keys=["a", "b", "c", "d"])
+    out = eng.generate(nxt, SamplingParams(max_new_tokens=4, seed=1), cache_keys=["a", "b", "c", "d"])
+    assert eng.last_stats["reused_tokens"] > 0
+    assert_exact(model, nxt, out, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- the sampler

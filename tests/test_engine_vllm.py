@@ -54,8 +54,11 @@ def test_sampling_params_translation():
 def test_completion_from_vllm_output():
     out = SimpleNamespace(
         token_ids=[5, 9, 2],
-        logprobs=[{5: SimpleNamespace(logprob=-0.5)}, {9: SimpleNamespace(logprob=-1.0), 3: SimpleNamespace(logprob=-2)},
-                  {2: SimpleNamespace(logprob=-0.1)}],
+        logprobs=[
+            {5: SimpleNamespace(logprob=-0.5)},
+            {9: SimpleNamespace(logprob=-1.0), 3: SimpleNamespace(logprob=-2)},
+            {2: SimpleNamespace(logprob=-0.1)},
+        ],
         finish_reason="stop", stop_reason=None, text="ab",
     )
     c = completion_from_vllm(out)

@@ -1,5 +1,6 @@
 """Rollouts on a local Ray cluster (2 CPUs): streaming, weight broadcast, and a worker killed mid-collection."""
 
+import dataclasses
 import functools
 import os
 import signal
@@ -111,6 +112,22 @@ def test_new_weights_reach_every_worker(collector):
             old = forward(model, ids, torch.ones_like(mask), mask).logprobs[mask]
         assert torch.allclose(new, torch.tensor(turn.logprobs), atol=1e-4)
         assert not torch.allclose(old, torch.tensor(turn.logprobs), atol=1e-4)
+
+
+def test_sampling_params_reach_every_worker(collector):
+    rc = collector
+    rc.load_weights(state(rc.initial_model))
+    saved = rc.params
+    rc.params = dataclasses.replace(saved, temperature=0.0)
+    try:
+        greedy = rc.collect(seed=9)
+    finally:
+        rc.params = saved
+    # Greedy: the two episodes of a group (same task) say the same thing.
+    for a, b in zip(greedy[::2], greedy[1::2]):
+        assert actions([a]) == actions([b])
+    sampled = rc.collect(seed=9)
+    assert any(actions([a]) != actions([b]) for a, b in zip(sampled[::2], sampled[1::2]))
 
 
 def kill_other_worker(pids, killed, collector, result):

@@ -216,7 +216,9 @@ def _text_content(content: Any, where: str) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
             else:
-                raise RequestError(f"{where}: only text content parts are supported, got {part!r:.80}.", param="messages")
+                raise RequestError(
+                    f"{where}: only text content parts are supported, got {part!r:.80}.", param="messages"
+                )
         return "".join(parts)
     raise RequestError(f"{where}: content must be a string or a list of text parts.", param="messages")
 
@@ -251,7 +253,8 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
                         args = json.loads(args) if isinstance(args, str) else args
                     except json.JSONDecodeError:
                         pass
-                    blocks.append(f"<tool_call>\n{json.dumps({'name': fn.get('name'), 'arguments': args})}\n</tool_call>")
+                    call_json = json.dumps({"name": fn.get("name"), "arguments": args})
+                    blocks.append(f"<tool_call>\n{call_json}\n</tool_call>")
                 out["content"] = "\n".join([content] + blocks if content else blocks)
         if role == "tool":
             if native_calls:
@@ -291,7 +294,9 @@ def _kind_name(kinds: type | tuple) -> str:
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if set(kinds) == {int, float}:
         return "a number"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
+    names = {
+        int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list", dict: "an object"
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

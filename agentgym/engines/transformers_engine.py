@@ -230,7 +230,8 @@ class _LlamaForward:
             x = x + F.linear(o, a.o_proj.weight, a.o_proj.bias)
             m = layer.mlp
             h = _rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-            x = x + F.linear(F.silu(F.linear(h, m.gate_proj.weight)) * F.linear(h, m.up_proj.weight), m.down_proj.weight)
+            gated = F.silu(F.linear(h, m.gate_proj.weight)) * F.linear(h, m.up_proj.weight)
+            x = x + F.linear(gated, m.down_proj.weight)
         last = x[:, -1]
         if logit_rows is not None:
             last = last[logit_rows]
