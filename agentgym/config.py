@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -56,6 +57,16 @@ def parse_value(text: str, tp: Any) -> Any:
         raise ValueError(f"expected a boolean (true/false), got {text!r}")
     if base in (int, float, str):
         return base(text)
+    return _yaml_value(text)
+
+
+_EXP_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_value(text: str) -> Any:
+    """A free-form value in YAML syntax; ``1e-3`` is a float (YAML 1.1 would read it as a string)."""
+    if _EXP_FLOAT.match(text.strip()):
+        return float(text)
     return yaml.safe_load(text)
 
 
@@ -81,7 +92,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], aliases: dict[str, str]
             if _base_type(hints[head]) is not dict:
                 raise KeyError(f"{head!r} has no sub-keys; use --{head} VALUE")
             sub = dict(changes.get(head, getattr(cfg, head)))
-            sub[rest] = yaml.safe_load(value) if isinstance(value, str) else value
+            sub[rest] = _yaml_value(value) if isinstance(value, str) else value
             changes[head] = sub
         else:
             try:

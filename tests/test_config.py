@@ -9,13 +9,13 @@ def test_overrides_types_and_aliases(tmp_path):
     yml.write_text("algo: ppo\nlr: 0.001\nenv:\n  high: 20\n")
     cfg = parse_cli(
         TrainConfig,
-        ["--config", str(yml), "--iterations", "3", "--env.max_turns", "4", "--algo.kl_coef=0.1", "--wandb", "false"],
+        ["--config", str(yml), "--iterations", "3", "--env.max_turns", "4", "--algo.kl_coef=1e-3", "--wandb", "false"],
         CLI_ALIASES,
     )
     assert cfg.algo == "ppo" and cfg.lr == 0.001 and cfg.iterations == 3 and cfg.wandb is False
     assert cfg.env_kwargs == {"high": 20, "max_turns": 4}
-    assert cfg.algo_kwargs == {"kl_coef": 0.1}
-    assert cfg.algo_config().kl_coef == 0.1
+    assert cfg.algo_kwargs == {"kl_coef": 0.001}
+    assert cfg.algo_config().kl_coef == 0.001
 
 
 def test_typo_suggests_key():
