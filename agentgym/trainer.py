@@ -170,13 +170,15 @@ class Trainer:
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
         )
         env_kwargs = dict(cfg.env_kwargs)
+        # An episode may not outgrow the model: the env truncates before the engine would refuse the context.
+        max_context = min(cfg.max_context_tokens, getattr(self.engine, "max_model_len", None) or cfg.max_context_tokens)
         if collector is None and cfg.rollout_workers > 0 and distributed.is_main_process():
             from agentgym.ray_rollout import RayCollector
 
             collector = RayCollector.from_trainer
         self.collector = collector(self) if collector is not None else Collector(
             lambda: agentgym.make(
-                cfg.env, tokenizer=tokenizer, max_context_tokens=cfg.max_context_tokens, engine=self.engine,
+                cfg.env, tokenizer=tokenizer, max_context_tokens=max_context, engine=self.engine,
                 **env_kwargs,
             ),
             self.engine,
