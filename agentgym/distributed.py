@@ -33,6 +33,7 @@ import shutil
 import socket
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -272,8 +273,6 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any, backend: 
 
 def _run_rank(rank: int, world_size: int, path: str, backend: str, fn: Callable[..., Any], args: tuple,
               results_q: Any) -> None:
-    import traceback
-
     _set_rank_env(rank, world_size)
     _set_threads(world_size)
     try:
@@ -365,8 +364,8 @@ class DataParallel:
         model: the policy (a transformers causal LM, or a peft model around one). Its weights are made equal on all
             processes when wrapping (rank 0's are broadcast).
         value_head: PPO's value head, trained and synchronised with the policy (or None).
-        strategy: ``ddp`` or ``fsdp`` (see :data:`STRATEGIES`). FSDP replaces the parameters with sharded ones:
-            build the optimizer after wrapping (or call :meth:`rebind_optimizer`).
+        strategy: ``ddp`` or ``fsdp`` (see :data:`STRATEGIES`). FSDP replaces the parameters with sharded ones
+            (DTensors): build the optimizer after wrapping; ``p.grad.full_tensor()`` gathers a gradient.
         group: the process group (default: the global one, which must be initialized).
     """
 
@@ -426,16 +425,6 @@ class DataParallel:
         with torch.no_grad():
             for t in list(self.root.parameters()) + list(self.root.buffers()):
                 dist.broadcast(t.data, src=0, group=self.group)
-
-    def rebind_optimizer(self, optimizer: torch.optim.Optimizer, old_params: dict[str, nn.Parameter]) -> None:
-        """Point ``optimizer``'s parameter groups at the sharded parameters FSDP put in place of ``old_params``
-        (name -> parameter of ``self.root`` before wrapping). Its state must be empty."""
-        if optimizer.state:
-            raise ValueError("rebind_optimizer: the optimizer already has state; wrap before the first step")
-        new = dict(self.root.named_parameters())
-        by_id = {id(p): name for name, p in old_params.items()}
-        for group in optimizer.param_groups:
-            group["params"] = [new[by_id[id(p)]] if id(p) in by_id else p for p in group["params"]]
 
     # -- the minibatch --------------------------------------------------------------------------------------------
     def shard(self, minibatch: TensorDict, cfg: AlgoConfig) -> tuple[TensorDict, LossNormalizer]:
@@ -544,8 +533,6 @@ def setup(trainer: Any, strategy: str = "ddp") -> DataParallel:
 def _child_main(rank: int, world_size: int, path: str, backend: str, cfg: Any, spec: PolicySpec) -> None:
     """Rank ``rank`` of a run started by :func:`setup`: the same Trainer, following rank 0."""
     from agentgym.trainer import Trainer
-
-    import traceback
 
     code = 0
     try:

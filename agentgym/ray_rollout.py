@@ -1,10 +1,11 @@
-"""Rollouts on a Ray cluster: N actors, each with its own engine and envs, fed one task (a group) at a time.
+"""Rollouts on a Ray cluster: N actors, each with its own engine and envs, fed tasks of whole groups.
 
 :class:`RayCollector` has the :class:`~agentgym.collector.Collector` interface (``collect(seed) -> list[Episode]``)
 plus ``load_weights(state_dict)``, so the trainer uses it unchanged (``--rollout_workers N``):
 
-* **tasks**: a collection of ``num_groups`` groups is ``num_groups`` tasks; task ``g`` resets ``group_size`` envs
-  with seed ``seed + g`` (as the in-process collector does) and has the unique id ``"<collection>-<g>"``;
+* **tasks**: a collection of ``num_groups`` groups is split into tasks of ``groups_per_task`` consecutive groups;
+  group ``g`` resets ``group_size`` envs with seed ``seed + g`` (as the in-process collector does); a task has the
+  unique id ``"<collection>-<first group>"``; a worker batches all envs of its task in one engine;
 * **streaming**: each worker holds at most ``max_inflight`` tasks; results are taken with ``ray.wait`` as they
   finish and the freed worker gets the next task, so fast workers take more tasks (:meth:`RayCollector.stream`);
 * **weights**: after each update the trainer's state dict is put in the object store once (``ray.put``) and every
@@ -34,14 +35,17 @@ from agentgym.distributed import PolicySpec, policy_spec
 
 @dataclass(frozen=True)
 class RolloutTask:
-    """One group to roll out: ``group_size`` episodes of the env reset with ``seed``."""
+    """Groups to roll out: ``num_groups`` groups of ``group_size`` episodes, group ``j`` reset with ``seed + j``."""
 
     task_id: str
     """unique over the collector's lifetime: ``"<collection>-<index>"``"""
     index: int
-    """the group's position in its collection"""
+    """the position of the task's first group in its collection"""
     seed: int
-    """the env reset seed (also seeds sampling, so a requeued task samples what the lost one would have)"""
+    """the env reset seed of the first group (also seeds sampling, so a requeued task samples what the lost one
+    would have)"""
+    num_groups: int = 1
+    """consecutive groups in the task"""
 
 
 @dataclass
@@ -67,7 +71,7 @@ class WorkerConfig:
     params: Any
     """the engine's SamplingParams"""
     group_size: int
-    """episodes per task"""
+    """episodes per group"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments of the env"""
     max_context_tokens: int = 2048
@@ -81,7 +85,7 @@ class WorkerConfig:
 
 
 class RolloutWorker:
-    """One rollout process (a Ray actor): an engine and ``group_size`` envs, rolling out one task at a time."""
+    """One rollout process (a Ray actor): an engine and the envs of its tasks, rolling out one task at a time."""
 
     def __init__(self, config: WorkerConfig, weights: dict[str, torch.Tensor] | None = None, version: int = 0):
         import agentgym
@@ -101,15 +105,28 @@ class RolloutWorker:
         else:
             self.version = version
         env_kwargs = dict(config.env_kwargs)
-        self.collector = Collector(
-            lambda: agentgym.make(config.env, tokenizer=tokenizer, max_context_tokens=config.max_context_tokens,
-                                  **env_kwargs),
+        # As in the trainer: episodes stop short of the engine's context limit; envs that declare ``engine`` get it.
+        max_context = min(config.max_context_tokens,
+                          getattr(self.engine, "max_model_len", None) or config.max_context_tokens)
+        self._make_collector = lambda num_groups: Collector(
+            lambda: agentgym.make(config.env, tokenizer=tokenizer, max_context_tokens=max_context,
+                                  engine=self.engine, **env_kwargs),
             self.engine,
-            config.params,
-            num_groups=1,
+            self.params,
+            num_groups=num_groups,
             group_size=config.group_size,
             num_threads=config.env_threads,
         )
+        self.params = config.params
+        self._collectors: dict[int, Collector] = {}
+
+    def _collector(self, num_groups: int) -> Any:
+        """The collector for tasks of ``num_groups`` groups (a collection has at most two task sizes)."""
+        if num_groups not in self._collectors:
+            self._collectors[num_groups] = self._make_collector(num_groups)
+        collector = self._collectors[num_groups]
+        collector.params = self._normalize(collector, self.params)
+        return collector
 
     def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
         """Load the trainer's weights; later tasks are sampled with them."""
@@ -118,15 +135,20 @@ class RolloutWorker:
         return version
 
     def set_params(self, params: Any) -> None:
-        """Sample later tasks with ``params`` (one sample per env; the env's stop tokens when it names none)."""
-        stops = getattr(self.collector.venv.envs[0], "stop_token_ids", None)
+        """Sample later tasks with ``params``."""
+        self.params = params
+
+    @staticmethod
+    def _normalize(collector: Any, params: Any) -> Any:
+        # As the Collector does: one sample per env, the env's stop tokens when the params name none.
+        stops = getattr(collector.venv.envs[0], "stop_token_ids", None)
         if params.stop_token_ids is None and stops:
             params = dataclasses.replace(params, stop_token_ids=sorted(stops))
-        self.collector.params = dataclasses.replace(params, n=1)
+        return dataclasses.replace(params, n=1)
 
     def rollout(self, task: RolloutTask) -> RolloutResult:
         t0 = time.perf_counter()
-        episodes = self.collector.collect(task.seed)
+        episodes = self._collector(task.num_groups).collect(task.seed)
         return RolloutResult(task.task_id, episodes, self.version, os.getpid(), time.perf_counter() - t0)
 
     def pid(self) -> int:
@@ -148,14 +170,19 @@ class RayCollector:
     Args:
         config: what each worker builds.
         num_workers: rollout actors.
-        num_groups: tasks (groups) per collection.
+        num_groups: groups per collection.
         weights: the policy's initial weights, put in the object store once (None: the workers keep the weights
             ``config.policy`` builds).
-        cpus_per_worker: Ray CPUs each actor reserves (default: 1, or less when the cluster has fewer CPUs than
-            workers, so that all of them start).
+        cpus_per_worker: Ray CPUs each actor reserves (default: 1, or less when the cluster has fewer free CPUs
+            than workers, so that all of them start).
         gpus_per_worker: Ray GPUs each actor reserves.
+        groups_per_task: groups a worker rolls out together in one engine batch (default: enough that each worker
+            gets about two tasks per collection; 1 gives the finest load balancing and the least lost work when a
+            worker dies).
         max_inflight: tasks queued on one worker at a time (2 hides the round trip between tasks).
         max_attempts: a task that lost this many workers is an error (it probably kills them).
+        start_timeout_s: the workers must be up within this time (a cluster without room for them is an error,
+            not a hang).
         ray_address: the cluster to join when Ray is not initialized yet (default: ``RAY_ADDRESS``, else a new
             cluster of this machine). :meth:`close` shuts Ray down when this collector initialized it.
     """
@@ -168,8 +195,10 @@ class RayCollector:
         weights: dict[str, torch.Tensor] | None = None,
         cpus_per_worker: float | None = None,
         gpus_per_worker: float = 0.0,
+        groups_per_task: int | None = None,
         max_inflight: int = 2,
         max_attempts: int = 3,
+        start_timeout_s: float = 600.0,
         ray_address: str | None = None,
     ):
         import ray
@@ -177,6 +206,8 @@ class RayCollector:
         if num_workers < 1 or num_groups < 1:
             raise ValueError(f"num_workers and num_groups must be >= 1, got {num_workers} and {num_groups}")
         self._owns_ray = False
+        self._venv: Any = None
+        self.slots: list[_Slot] = []
         if not ray.is_initialized():
             address = ray_address or os.environ.get("RAY_ADDRESS") or None
             if address is None:  # a new cluster of this machine alone: advertise the loopback address
@@ -185,17 +216,28 @@ class RayCollector:
                 ray.init(address=address)
             self._owns_ray = True
         if cpus_per_worker is None:
-            cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            cpus_per_worker = min(1.0, cpus / num_workers)
+            free = float(ray.available_resources().get("CPU", 0.0))
+            if free <= 0.0:
+                raise RuntimeError("the Ray cluster has no free CPU for rollout workers (other actors hold them); "
+                                   "free some, add nodes, or pass cpus_per_worker")
+            cpus_per_worker = min(1.0, free / num_workers)
         self.config = config
         self.num_groups, self.group_size = num_groups, config.group_size
+        self.groups_per_task = max(1, groups_per_task or num_groups // (2 * num_workers))
         self.max_inflight, self.max_attempts = max(1, max_inflight), max(1, max_attempts)
         self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(RolloutWorker)
         self.version = 0
         self._weights = ray.put(weights) if weights is not None else None
         self.slots = [_Slot(self._new_actor()) for _ in range(num_workers)]
+        try:
+            ray.get([s.actor.pid.remote() for s in self.slots], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            message = (f"{num_workers} rollout workers ({cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU each) did "
+                       f"not start within {start_timeout_s:.0f} s; the cluster has {ray.available_resources()} free. "
+                       "Lower rollout_workers or cpus_per_worker, or add nodes")
+            self.close()
+            raise RuntimeError(message) from None
         self._collections = 0
-        self._venv: Any = None
         self._next_episode = 0
         self.restarts = 0
         """workers replaced over the collector's lifetime"""
@@ -275,13 +317,13 @@ class RayCollector:
     # -- collecting -------------------------------------------------------------------------------------------------
     def tasks(self, seed: int) -> list[RolloutTask]:
         """The tasks of one collection: group ``g`` is reset with seed ``seed + g``."""
-        c = self._collections
+        c, k = self._collections, self.groups_per_task
         self._collections += 1
-        return [RolloutTask(f"{c}-{g}", g, seed + g) for g in range(self.num_groups)]
+        return [RolloutTask(f"{c}-{g}", g, seed + g, min(k, self.num_groups - g)) for g in range(0, self.num_groups, k)]
 
     def stream(self, seed: int, on_result: Callable[[RayCollector, RolloutResult], None] | None = None
                ) -> Iterator[tuple[RolloutTask, list[Episode]]]:
-        """Yield each group of one collection as soon as its worker returns it (completion order).
+        """Yield each task of one collection with its episodes as soon as its worker returns it (completion order).
 
         ``on_result(collector, result)`` is called for every accepted result before it is yielded (for progress
         display and for tests that inject faults).
@@ -322,15 +364,12 @@ class RayCollector:
                 task, i, generation = pending.pop(ref)
                 slot = self.slots[i]
                 try:
-                    result: RolloutResult = ray.get(ref)
-                except RayTaskError as e:
-                    if isinstance(e, lost_errors):
-                        result = None
-                    else:
-                        raise RuntimeError(f"rollout task {task.task_id} (seed {task.seed}) failed in its worker; "
-                                           f"fix the error below (it is not retried):\n{e}") from e
-                except lost_errors as e:
+                    result: RolloutResult | None = ray.get(ref)
+                except lost_errors as e:  # the worker process (or its node) is gone
                     result, last_error = None, f"{type(e).__name__}: {e}"
+                except RayTaskError as e:  # the env or the engine raised: a bug, not bad luck
+                    raise RuntimeError(f"rollout task {task.task_id} (seed {task.seed}) failed in its worker; "
+                                       f"fix the error below (it is not retried):\n{e}") from e
                 if result is None:
                     lost = [task]
                     if generation == slot.generation:  # the first sign of this actor's death: replace it
@@ -356,7 +395,7 @@ class RayCollector:
                                        f"{result.weights_version}, expected {self.version}: a worker failed to "
                                        "load the new weights")
                 done.add(result.task_id)
-                episodes = self._renumber(task, result)
+                episodes = self._tag(task, result)
                 if on_result is not None:
                     on_result(self, result)
                 yield task, episodes
@@ -380,9 +419,8 @@ class RayCollector:
             groups[task.index] = episodes
         return [ep for g in sorted(groups) for ep in groups[g]]
 
-    def _renumber(self, task: RolloutTask, result: RolloutResult) -> list[Episode]:
+    def _tag(self, task: RolloutTask, result: RolloutResult) -> list[Episode]:
         for ep in result.episodes:
-            ep.group_id = task.seed
             ep.info = {**ep.info, "rollout_task": task.task_id, "rollout_worker_pid": result.worker_pid,
                        "weights_version": result.weights_version}
         return result.episodes
@@ -409,17 +447,17 @@ class RayCollector:
         """Stop the workers (and the Ray cluster, when this collector started it)."""
         import ray
 
+        if self._venv is not None:
+            self._venv.close()
+            self._venv = None
         if not ray.is_initialized():
             return
         for slot in self.slots:
             try:
                 ray.kill(slot.actor, no_restart=True)
-            except Exception:
+            except Exception:  # already gone
                 pass
         self.slots = []
-        if self._venv is not None:
-            self._venv.close()
-            self._venv = None
         if self._owns_ray:
             ray.shutdown()
 

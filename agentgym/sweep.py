@@ -279,6 +279,11 @@ def _summarize(result: RunResult, metric: str, goal: str) -> RunResult:
     if not (Path(result.run_dir) / "metrics.jsonl").is_file():
         return result
     run = load_run(result.run_dir)
+    if run.config:  # what the run really used (arguments after `--` may override a swept value)
+        for name in result.params:
+            found, value = _config_value(run.config, name)
+            if found:
+                result.params[name] = value
     values = [float(r[metric]) for r in run.records if isinstance(r.get(metric), (int, float))]
     result.iterations = len(run.records)
     if values:
@@ -290,6 +295,19 @@ def _summarize(result: RunResult, metric: str, goal: str) -> RunResult:
         if vals:
             result.extra[key] = float(vals[-1])
     return result
+
+
+def _config_value(config: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """A dotted train key (``lr``, ``env.high``, ``algo.kl_coef``) looked up in a run's saved config."""
+    from agentgym.trainer import CLI_ALIASES
+
+    head, dot, rest = name.partition(".")
+    if not dot:
+        return (head in config, config.get(head))
+    sub = config.get(CLI_ALIASES.get(head, head))
+    if isinstance(sub, dict) and rest in sub:
+        return True, sub[rest]
+    return False, None
 
 
 def run_train(args: list[str], log_path: Path, in_process: bool = False) -> int:
@@ -357,6 +375,10 @@ def run_sweep(
     return results
 
 
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else format_value(v)
+
+
 def _fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
@@ -384,7 +406,7 @@ def results_table(results: Sequence[RunResult], spec: SweepSpec) -> str:
              "| rank | run | " + " | ".join(names) + f" | final {m} | best {m} | auc | iterations | time (s) | status |",
              "|" + "---|" * (len(names) + 8)]
     for rank, r in enumerate(sorted(results, key=key), 1):
-        cells = [format_value(r.params.get(n)) for n in names]
+        cells = [_cell(r.params.get(n)) for n in names]
         lines.append(f"| {rank} | {Path(r.run_dir).name} | " + " | ".join(cells) +
                      f" | {_fmt(r.final)} | {_fmt(r.best)} | {_fmt(r.auc)} | {r.iterations} | {r.wall_s:.1f} | "
                      f"{r.status} |")
@@ -401,7 +423,7 @@ def results_table(results: Sequence[RunResult], spec: SweepSpec) -> str:
         lines += ["", f"Over seeds (mean ± std of final {m} and of auc):", "",
                   "| " + " | ".join(others) + f" | seeds | final {m} | auc |", "|" + "---|" * (len(others) + 3)]
         for g, members in sorted(groups.items(), key=gkey):
-            cells = [format_value(v) for v in json.loads(g)]
+            cells = [_cell(v) for v in json.loads(g)]
             lines.append("| " + " | ".join(cells) + f" | {len(members)} | {_mean_std([r.final for r in members])} | "
                          f"{_mean_std([r.auc for r in members])} |")
     return "\n".join(lines) + "\n"

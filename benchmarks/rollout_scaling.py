@@ -6,7 +6,8 @@ tokens per turn. For each worker count the script starts a :class:`~agentgym.ray
 Ray cluster with all of this machine's CPUs (each worker reserves CPUs / workers, one torch thread), runs one
 warm-up collection, then ``--repeats`` timed ones, and reports the median episodes/s. It also times what bounds a
 training iteration besides rollouts: the weight broadcast (``ray.put`` once + every worker loading it) and one
-trainer update on a collection's batch.
+trainer update on a collection's batch. The in-process collector and the update use ``--threads`` torch threads
+(default 1, like each worker: on a busy machine two threads per process can be many times slower than one).
 
     python benchmarks/rollout_scaling.py --workers 1 2 4
 
@@ -46,7 +47,7 @@ def in_process(args) -> dict:
     from agentgym.collector import Collector
     from agentgym.engines import SamplingParams, TransformersEngine
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     model, tok = _policy(args)
     collector = Collector(lambda: agentgym.make(ENV, tokenizer=tok, **ENV_KWARGS), TransformersEngine(model, tok),
                           SamplingParams(max_new_tokens=args.max_new_tokens), args.groups, args.group_size)
@@ -102,7 +103,7 @@ def trainer_update(args) -> float:
     """Seconds of one trainer iteration's scoring and update on a collection-sized batch (this process)."""
     from agentgym.trainer import TrainConfig, Trainer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     model, tok = _policy(args)
     cfg = TrainConfig(env=ENV, env_kwargs=ENV_KWARGS, algo="grpo", iterations=1, groups_per_iteration=args.groups,
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, micro_batch_size=32,
@@ -122,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny Llama")
     ap.add_argument("--layers", type=int, default=2, help="layers of the tiny Llama")
     ap.add_argument("--repeats", type=int, default=3, help="timed collections per setting (median reported)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the in-process collector and of the trainer update (Ray workers use 1)")
     ap.add_argument("--out", default="benchmarks/results/rollout_scaling.json")
     args = ap.parse_args(argv)
 
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
 
     base = next(r for r in rows if r["workers"] == min(args.workers))
     print(f"\n{args.groups} groups x {args.group_size} episodes, <= {args.max_new_tokens} tokens/turn, "
-          f"tiny Llama {args.hidden}x{args.layers}, {os.cpu_count()} CPUs\n")
+          f"tiny Llama {args.hidden}x{args.layers}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
     print("| rollout workers | episodes/s | collection (s) | speed-up vs 1 worker | broadcast (s) | start-up (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({
         "setting": {k: v for k, v in vars(args).items() if k != "out"} | {"env": ENV, "env_kwargs": ENV_KWARGS},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "ray": ray.__version__},
+                    "ray": ray.__version__, "load_average_at_end": os.getloadavg()},
         "rows": rows,
         "trainer_update_s": train_s,
     }, indent=2))

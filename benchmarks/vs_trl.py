@@ -93,10 +93,12 @@ def run_ours(steps: int, model_dir: str) -> dict:
     load_s = time.perf_counter() - t_load
     times, details = [], []
     try:
-        for _ in range(steps):
+        for i in range(steps):
             t0 = time.perf_counter()
             m = trainer.step()
             times.append(time.perf_counter() - t0)
+            print(f"agentgym step {i + 1}/{steps}: {times[-1]:.1f} s (generation {m['rollout_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
             details.append({k: m.get(k) for k in ("rollout_s", "train_s", "reward_mean", "episode_tokens_mean",
                                                    "engine_trainer_logprob_diff_max")})
     finally:
@@ -159,7 +161,7 @@ def run_trl(steps: int, model_dir: str) -> dict:
     trainer.train()
     details = []
     for log in [entry for entry in timer.logs if "reward" in entry][:steps]:
-        details.append({"reward_mean": log.get("reward"),
+        details.append({"reward_mean": log.get("reward"), "trl_step_time": log.get("step_time"),
                         "completion_tokens_mean": log.get("completions/mean_length"),
                         "completion_tokens_max": log.get("completions/max_length")})
     return {"side": "trl", "version": trl.__version__, "step_s": timer.times, "steps": details, "load_s": load_s,

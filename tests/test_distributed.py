@@ -10,6 +10,7 @@ import torch
 from agentgym import algos
 from agentgym.batch import Episode, Turn, to_batch
 from agentgym.distributed import run_processes, shard_rows
+from agentgym.policy import forward
 from agentgym.tiny import make_tiny_policy
 from agentgym.trainer import TrainConfig, Trainer
 
@@ -138,7 +139,37 @@ def _rank_body(cases, episodes, minibatch, cfg):
                                       else {"a": 1.0, "b_max": 1.0})
     first = next(model.parameters()).detach().clone()
     return {"updates": _updates(cases, episodes), "counts": counts, "norm": norm, "shard": local,
-            "received": received, "metrics": metrics, "first_param": first}
+            "received": received, "metrics": metrics, "first_param": first, "fsdp": _fsdp_grads(episodes)}
+
+
+FSDP_ALGO = dict(kl_coef=0.0, group_size=3)
+
+
+def _grads(policy, model, minibatch, norm, cfg, scale=1.0):
+    """Accumulate the actor loss's gradients over micro-batches of 2 rows, as the trainer does."""
+    for j in range(0, minibatch.batch_size[0], 2):
+        micro = minibatch[j: j + 2]
+        out = forward(policy, micro["input_ids"], micro["attention_mask"], micro["loss_mask"], with_entropy=True)
+        loss, _ = algos.actor_loss(out.logprobs, micro, cfg, norm, entropy=out.entropy)
+        (loss * scale).backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def advantage_batch(episodes, cfg):
+    batch, _ = to_batch(episodes, pad_id=0)
+    return algos.compute_advantages(batch, cfg)
+
+
+def _fsdp_grads(episodes):
+    """FSDP (fully_shard over gloo): this rank's shard of the minibatch, the gathered gradients."""
+    from agentgym.distributed import DataParallel
+
+    cfg = algos.get_algorithm("grpo", **FSDP_ALGO)
+    model, _ = make_tiny_policy(seed=0)
+    parallel = DataParallel(model, strategy="fsdp")
+    local, norm = parallel.shard(advantage_batch(episodes, cfg), cfg)
+    grads = _grads(parallel.module, model, local, norm, cfg, parallel.loss_scale)
+    return {n: g.full_tensor() for n, g in grads.items()}
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +197,20 @@ def test_two_processes_give_the_gradients_of_one(two_ranks):
                 assert torch.allclose(params[name], p.detach(), rtol=1e-4, atol=1e-7), (algo, name)
             assert set(metrics) == set(ref_metrics)
         trainer.close()
+
+
+@pytest.mark.slow
+def test_fsdp_gives_the_gradients_of_one_process(two_ranks):
+    episodes, _, _, ranks = two_ranks
+    cfg = algos.get_algorithm("grpo", **FSDP_ALGO)
+    model, _ = make_tiny_policy(seed=0)
+    batch = advantage_batch(episodes, cfg)
+    ref = _grads(model, model, batch, algos.loss_normalizer(batch, cfg), cfg)
+    assert sum(float(g.norm()) for g in ref.values()) > 0
+    for r in range(2):
+        got = ranks[r]["fsdp"]
+        for name, g in ref.items():
+            assert torch.allclose(got[name], g, rtol=1e-4, atol=1e-7), (r, name, float((got[name] - g).abs().max()))
 
 
 @pytest.mark.slow

@@ -29,10 +29,15 @@ def policy():
     return make_tiny_policy(seed=0)
 
 
-@pytest.fixture(scope="module", params=["fast", "generic"])
+@pytest.fixture(scope="module", params=["packed", "fast", "generic"])
 def engine(request, policy):
+    """The three forward paths: compact with packed weights, compact, and the model's own forward."""
     model, tok = policy
-    return TransformersEngine(model, tok, seed=0, fast_forward=request.param == "fast")
+    if request.param == "packed":
+        eng = TransformersEngine(model, tok, seed=0, packed_weights=True)
+        assert eng.uses_packed_weights
+        return eng
+    return TransformersEngine(model, tok, seed=0, fast_forward=request.param == "fast", packed_weights=False)
 
 
 def _prompts(tok, texts):
@@ -122,9 +127,9 @@ def test_gqa_and_qwen_families_match_teacher_forcing():
                 for layer in model.model.layers:
                     layer.self_attn.q_proj.bias.normal_()
                     layer.self_attn.k_proj.bias.normal_()
-        for fast in (True, False):
-            eng = TransformersEngine(model, tok, fast_forward=fast)
-            assert eng.uses_fast_forward is fast
+        for fast, packed in ((True, True), (True, False), (False, False)):
+            eng = TransformersEngine(model, tok, fast_forward=fast, packed_weights=packed)
+            assert eng.uses_fast_forward is fast and eng.uses_packed_weights is packed
             assert_exact(model, prompts, eng.generate(prompts, params), 0.9, tok.pad_token_id)
 
 
@@ -393,6 +398,8 @@ def test_invalid_requests(policy):
         with pytest.raises(ValueError, match="Invalid SamplingParams"):
             SamplingParams(**bad)
     assert SamplingParams(stop="x").stop == ["x"]
+    with pytest.raises(ValueError, match="packed_weights=True"):
+        TransformersEngine(model, tok, fast_forward=False, packed_weights=True)
     with pytest.raises(ValueError, match="fast_forward=True"):
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -500,3 +507,12 @@ def test_smollm2_multiturn_reuse_is_exact(smollm):
         follow = tok.encode("<|im_end|>\n<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n",
                             add_special_tokens=False)
         contexts = [c + o[0].token_ids + follow for c, o in zip(contexts, out)]
+
+
+def test_blocked_lm_head_equals_linear():
+    from agentgym.engines.transformers_engine import _lm_head
+
+    torch.manual_seed(0)
+    for vocab in (1024, 1500, 4096 + 37):
+        weight, x = torch.randn(vocab, 48), torch.randn(5, 48)
+        assert torch.allclose(_lm_head(x, weight), torch.nn.functional.linear(x, weight), atol=1e-5)

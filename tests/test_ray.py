@@ -60,7 +60,16 @@ def actions(episodes):
     return [(ep.group_id, [tuple(t.action_ids) for t in ep.turns]) for ep in episodes]
 
 
-@pytest.fixture(scope="module")
+def kill_other_worker(pids, killed, collector, result):
+    """At the first result, SIGKILL the other worker: it still has a task in flight (each holds two)."""
+    if killed:
+        return
+    victim = next(pid for pid in pids if pid != result.worker_pid)
+    os.kill(victim, signal.SIGKILL)
+    killed.append(victim)
+
+
+@pytest.fixture(scope="class")
 def collector(cluster):
     """Two workers shared by the tests below (starting a worker is the slow part); each test starts from the
     initial weights."""
@@ -71,93 +80,113 @@ def collector(cluster):
     rc.close()
 
 
-def test_collect_streams_every_group_once(collector):
-    rc = collector
-    rc.load_weights(state(rc.initial_model))
-    streamed = list(rc.stream(seed=100))
-    assert sorted(task.index for task, _ in streamed) == [0, 1, 2, 3, 4, 5]
-    assert len({task.task_id for task, _ in streamed}) == 6
-    episodes = rc.collect(seed=100)
-    assert [ep.group_id for ep in episodes] == [100 + g for g in range(6) for _ in range(2)]
-    first = episodes[0].episode_id
-    assert [ep.episode_id for ep in episodes] == list(range(first, first + 12))
-    # A task samples the same episodes whichever worker runs it (so a requeued task replaces a lost one).
-    by_index = {task.index: eps for task, eps in streamed}
-    assert actions(episodes) == actions([ep for g in range(6) for ep in by_index[g]])
-    assert len({ep.info["rollout_worker_pid"] for ep in episodes}) == 2, "both workers took tasks"
-    assert len({ep.info["rollout_task"] for ep in episodes}) == 6
-    assert rc.venv.envs[0].env.max_turns == 2
-    again = rc.collect(seed=100)
-    assert [ep.episode_id for ep in again] == list(range(first + 12, first + 24))
+class TestSharedWorkers:
+    """Two workers shared by these tests (starting workers is the slow part); released before the next tests."""
+
+    def test_collect_streams_every_group_once(self, collector):
+        rc = collector
+        rc.load_weights(state(rc.initial_model))
+        streamed = list(rc.stream(seed=100))
+        assert sorted(task.index for task, _ in streamed) == [0, 1, 2, 3, 4, 5]
+        assert len({task.task_id for task, _ in streamed}) == 6
+        episodes = rc.collect(seed=100)
+        assert [ep.group_id for ep in episodes] == [100 + g for g in range(6) for _ in range(2)]
+        first = episodes[0].episode_id
+        assert [ep.episode_id for ep in episodes] == list(range(first, first + 12))
+        # A task samples the same episodes whichever worker runs it (so a requeued task replaces a lost one).
+        by_index = {task.index: eps for task, eps in streamed}
+        assert actions(episodes) == actions([ep for g in range(6) for ep in by_index[g]])
+        assert len({ep.info["rollout_worker_pid"] for ep in episodes}) == 2, "both workers took tasks"
+        assert len({ep.info["rollout_task"] for ep in episodes}) == 6
+        assert rc.venv.envs[0].env.max_turns == 2
+        again = rc.collect(seed=100)
+        assert [ep.episode_id for ep in again] == list(range(first + 12, first + 24))
+        # Several groups per task: a worker batches them in one engine; the groups are the same tasks of the env.
+        assert rc.groups_per_task == 1
+        rc.groups_per_task = 4
+        try:
+            streamed = sorted(rc.stream(seed=100), key=lambda item: item[0].index)
+        finally:
+            rc.groups_per_task = 1
+        assert [(task.index, task.num_groups) for task, _ in streamed] == [(0, 4), (4, 2)]
+        assert [ep.group_id for _, eps in streamed for ep in eps] == [100 + g for g in range(6) for _ in range(2)]
 
 
-def test_new_weights_reach_every_worker(collector):
-    rc, model = collector, collector.initial_model
-    rc.load_weights(state(model))
-    before = rc.collect(seed=7)
-    assert {ep.info["weights_version"] for ep in before} == {rc.version}
-    new_model, _ = make_tiny_policy(seed=1)
-    rc.load_weights(state(new_model))
-    after = rc.collect(seed=7)
-    assert {ep.info["weights_version"] for ep in after} == {rc.version}
-    assert actions(after) != actions(before)
-    # The sampled tokens' logprobs are the new policy's, as the trainer computes them.
-    for ep in after:
-        turn = ep.turns[0]
-        ids = torch.tensor([turn.prompt_ids + turn.action_ids])
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        mask[0, len(turn.prompt_ids):] = True
-        with torch.no_grad():
-            new = forward(new_model, ids, torch.ones_like(mask), mask).logprobs[mask]
-            old = forward(model, ids, torch.ones_like(mask), mask).logprobs[mask]
-        assert torch.allclose(new, torch.tensor(turn.logprobs), atol=1e-4)
-        assert not torch.allclose(old, torch.tensor(turn.logprobs), atol=1e-4)
+    def test_new_weights_reach_every_worker(self, collector):
+        rc, model = collector, collector.initial_model
+        rc.load_weights(state(model))
+        before = rc.collect(seed=7)
+        assert {ep.info["weights_version"] for ep in before} == {rc.version}
+        new_model, _ = make_tiny_policy(seed=1)
+        rc.load_weights(state(new_model))
+        after = rc.collect(seed=7)
+        assert {ep.info["weights_version"] for ep in after} == {rc.version}
+        assert actions(after) != actions(before)
+        # The sampled tokens' logprobs are the new policy's, as the trainer computes them.
+        for ep in after:
+            turn = ep.turns[0]
+            ids = torch.tensor([turn.prompt_ids + turn.action_ids])
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            mask[0, len(turn.prompt_ids):] = True
+            with torch.no_grad():
+                new = forward(new_model, ids, torch.ones_like(mask), mask).logprobs[mask]
+                old = forward(model, ids, torch.ones_like(mask), mask).logprobs[mask]
+            assert torch.allclose(new, torch.tensor(turn.logprobs), atol=1e-4)
+            assert not torch.allclose(old, torch.tensor(turn.logprobs), atol=1e-4)
 
 
-def test_sampling_params_reach_every_worker(collector):
-    rc = collector
-    rc.load_weights(state(rc.initial_model))
-    saved = rc.params
-    rc.params = dataclasses.replace(saved, temperature=0.0)
-    try:
-        greedy = rc.collect(seed=9)
-    finally:
-        rc.params = saved
-    # Greedy: the two episodes of a group (same task) say the same thing.
-    for a, b in zip(greedy[::2], greedy[1::2]):
-        assert actions([a]) == actions([b])
-    sampled = rc.collect(seed=9)
-    assert any(actions([a]) != actions([b]) for a, b in zip(sampled[::2], sampled[1::2]))
+    def test_sampling_params_reach_every_worker(self, collector):
+        rc = collector
+        rc.load_weights(state(rc.initial_model))
+        saved = rc.params
+        rc.params = dataclasses.replace(saved, temperature=0.0)
+        try:
+            greedy = rc.collect(seed=9)
+        finally:
+            rc.params = saved
+        # Greedy: the two episodes of a group (same task) say the same thing.
+        for a, b in zip(greedy[::2], greedy[1::2]):
+            assert actions([a]) == actions([b])
+        sampled = rc.collect(seed=9)
+        assert any(actions([a]) != actions([b]) for a, b in zip(sampled[::2], sampled[1::2]))
 
 
-def kill_other_worker(pids, killed, collector, result):
-    """At the first result, SIGKILL the other worker: it still has a task in flight (each holds two)."""
-    if killed:
-        return
-    victim = next(pid for pid in pids if pid != result.worker_pid)
-    os.kill(victim, signal.SIGKILL)
-    killed.append(victim)
+    def test_an_error_in_a_task_is_reported_not_retried(self, collector):
+        rc = collector
+        rc.load_weights(state(rc.initial_model))
+        restarts = rc.restarts
+        with pytest.raises(RuntimeError, match="not retried"):
+            rc.collect(seed=-100)  # a negative reset seed: the env raises inside the worker
+        assert rc.restarts == restarts, "a task that raises is a bug to report, not a dead worker to replace"
+        assert len(rc.collect(seed=3)) == 12
 
 
-def test_killed_worker_is_replaced_and_no_episode_is_lost_or_counted_twice(collector):
-    rc = collector
-    rc.load_weights(state(rc.initial_model))
-    reference = rc.collect(seed=50)
-    assert rc.last_stats["rollout_worker_restarts"] == 0
-    killed = []
-    episodes = rc.collect(seed=50, on_result=functools.partial(kill_other_worker, rc.worker_pids(), killed))
-    assert len(killed) == 1
-    assert rc.last_stats["rollout_worker_restarts"] == 1
-    assert rc.last_stats["rollout_requeued_tasks"] >= 1
-    assert rc.last_stats["rollout_duplicate_results"] == 0
-    # Every group exactly once, with the episodes the undisturbed collection produced.
-    assert len(episodes) == 12
-    assert actions(episodes) == actions(reference)
-    assert len({ep.episode_id for ep in episodes + reference}) == 24
-    pids = rc.worker_pids()
-    assert killed[0] not in pids and len(set(pids)) == 2
-    # The replacement has the current weights: the next collection passes the weights-version check.
-    assert len(rc.collect(seed=51)) == 12
+    def test_killed_worker_is_replaced_and_no_episode_is_lost_or_counted_twice(self, collector):
+        rc = collector
+        rc.load_weights(state(rc.initial_model))
+        reference = rc.collect(seed=50)
+        assert rc.last_stats["rollout_worker_restarts"] == 0
+        killed = []
+        episodes = rc.collect(seed=50, on_result=functools.partial(kill_other_worker, rc.worker_pids(), killed))
+        assert len(killed) == 1
+        assert rc.last_stats["rollout_worker_restarts"] == 1
+        assert rc.last_stats["rollout_requeued_tasks"] >= 1
+        assert rc.last_stats["rollout_duplicate_results"] == 0
+        # Every group exactly once, with the episodes the undisturbed collection produced.
+        assert len(episodes) == 12
+        assert actions(episodes) == actions(reference)
+        assert len({ep.episode_id for ep in episodes + reference}) == 24
+        pids = rc.worker_pids()
+        assert killed[0] not in pids and len(set(pids)) == 2
+        # The replacement has the current weights: the next collection passes the weights-version check.
+        assert len(rc.collect(seed=51)) == 12
+
+    def test_a_cluster_without_room_is_an_error_not_a_hang(self, collector):
+        config, _ = worker_config()
+        with pytest.raises(RuntimeError, match="no free CPU"):
+            RayCollector(config, num_workers=2, num_groups=2)  # the shared workers hold both CPUs
+        with pytest.raises(RuntimeError, match="did not start within"):
+            RayCollector(config, num_workers=1, num_groups=2, cpus_per_worker=1.0, start_timeout_s=2)
 
 
 @pytest.mark.slow

@@ -33,6 +33,13 @@ class VLLMUnavailableError(RuntimeError):
 
 def require_vllm() -> Any:
     """Import vLLM, or explain what is missing (the package or a GPU) and what to use instead."""
+    _check_available()
+    import vllm
+
+    return vllm
+
+
+def _check_available() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise VLLMUnavailableError(
             "VLLMEngine needs the vllm package and a CUDA GPU: pip install 'agentgym[vllm]'. "
@@ -43,9 +50,6 @@ def require_vllm() -> Any:
             "VLLMEngine needs a CUDA GPU and torch.cuda.is_available() is False. "
             "On a CPU use agentgym.engines.TransformersEngine."
         )
-    import vllm
-
-    return vllm
 
 
 def vllm_sampling_kwargs(params: SamplingParams, *, allow_truncated_logprobs: bool = False) -> dict[str, Any]:
@@ -117,7 +121,8 @@ class VLLMEngine(Engine):
         allow_truncated_logprobs: bool = False,
         **llm_kwargs: Any,
     ) -> None:
-        # The model must live in this process for load_weights.
+        _check_available()
+        # The model must live in this process for load_weights; vLLM reads this when it is imported.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = require_vllm()
         from agentgym.models import DEFAULT_MODEL, default_model_dir
