@@ -29,6 +29,11 @@ commands:
 BEYOND_RL = {"sft": "agentgym.sft", "apo": "agentgym.apo"}
 """``--algo`` names that run their own loop: supervised fine-tuning and automatic prompt optimization."""
 
+BEYOND_RL_DESCRIPTIONS = {
+    "sft": "SFT / rejection sampling: fine-tune on the policy tokens of the best episodes (or --data FILE.jsonl).",
+    "apo": "APO: beam search over the system prompt, edits proposed by a critic model from failed episodes.",
+}
+
 
 def _algo_name(argv: Sequence[str]) -> str | None:
     """The ``--algo`` value of a train command line (else of its ``--config`` file), if any."""
@@ -102,8 +107,8 @@ def _envs(argv: Sequence[str]) -> int:
 def _algos(argv: Sequence[str]) -> int:
     from agentgym.algos import DESCRIPTIONS
 
-    for name, text in DESCRIPTIONS.items():
-        print(f"{name:14s} {text}")
+    for name, text in {**DESCRIPTIONS, **BEYOND_RL_DESCRIPTIONS}.items():
+        print(f"{name:22s} {text}")
     return 0
 
 

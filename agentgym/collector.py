@@ -48,6 +48,7 @@ class Collector:
         self.params = dataclasses.replace(params, n=1)
         self._next_episode = 0
         self.last_stats: dict[str, float] = {}
+        self.last_unplayed: list[dict] = []
 
     def collect(self, seed: int) -> list[Episode]:
         """One group of episodes per task; task ``g`` is the env reset with seed ``seed + g``.
@@ -97,7 +98,7 @@ class Collector:
                             episode_id=base + i,
                             terminated=res.terminated,
                             truncated=res.truncated or (capped and not res.done),
-                            info=res.info,
+                            info={**_task_info(infos[i]), **res.info},
                         )
                         self.engine.release(keys[i])
                     else:
@@ -108,8 +109,17 @@ class Collector:
             for i in waiting:
                 self.engine.release(keys[i])
         self.last_stats = {"failed_episodes": float(len(over))}
+        # Tasks whose episode ended before the policy's first turn (they make no Episode): an evaluation counts them.
+        self.last_unplayed = [{"seed": seeds[i], **_task_info(infos[i])} for i in over]
         self.last_stats.update({f"unmerged/{k}": float(v) for k, v in mismatches.items()})
         return [ep for ep in episodes if ep is not None]
 
     def close(self) -> None:
         self.venv.close()
+
+
+def _task_info(reset_info: dict) -> dict:
+    """What the reset told about the task (e.g. a question's difficulty), kept with the episode: an episode cut short
+    by the context limit still says which task it was. Text views and turn counters are left out."""
+    skip = ("text", "messages", "turn", "context_tokens")
+    return {k: v for k, v in reset_info.items() if k not in skip and isinstance(v, (str, int, float, bool))}

@@ -38,6 +38,10 @@ class EvalResult:
     wall_s: float
     settings: dict[str, Any] = field(default_factory=dict)
     """model, env, env_kwargs, sampling and seed"""
+    by_difficulty: dict[str, dict[str, float]] = field(default_factory=dict)
+    """``{level: {"count", "accuracy"}}`` (then ``"all"``) when the env reports a task ``difficulty``"""
+    unplayed: list[dict[str, Any]] = field(default_factory=list)
+    """tasks whose episode ended before the policy's first turn (counted as failures), with their reset info"""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -110,7 +114,7 @@ def evaluate_policy(
     tokenizer: Any,
     env: str,
     env_kwargs: dict[str, Any] | None = None,
-    episodes: int = 64,
+    episodes: int | None = 64,
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
@@ -121,49 +125,103 @@ def evaluate_policy(
     engine: Any = None,
 ) -> tuple[EvalResult, list[Any]]:
     """Play ``episodes`` episodes, one per task (env reset seeds ``seed``, ``seed + 1``, ...), ``batch_size`` at a
-    time; returns the result and the :class:`~agentgym.batch.Episode` list."""
+    time; returns the result and the :class:`~agentgym.batch.Episode` list.
+
+    An env that serves a finite task set (it has ``num_tasks`` and a ``task_order`` option, as SpiderSQL does) is
+    switched to ``task_order="by_seed"`` unless the caller chose an order, so consecutive seeds visit every task once;
+    ``episodes=None`` then plays each task once (otherwise ``None`` means 64).
+    """
     import agentgym
     from agentgym.collector import Collector
     from agentgym.engines import SamplingParams, TransformersEngine
 
-    if episodes < 1 or batch_size < 1:
-        raise ValueError(f"episodes and batch_size must be >= 1, got {episodes} and {batch_size}")
     env_kwargs = dict(env_kwargs or {})
-    engine = engine if engine is not None else TransformersEngine(model, tokenizer)
-    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
 
     def make_env():
         return agentgym.make(env, tokenizer=tokenizer, max_context_tokens=max_context_tokens, **env_kwargs)
 
+    num_tasks = _task_set(make_env, env_kwargs)
+    if episodes is None:
+        episodes = num_tasks or 64
+    if episodes < 1 or batch_size < 1:
+        raise ValueError(f"episodes and batch_size must be >= 1, got {episodes} and {batch_size}")
+    engine = engine if engine is not None else TransformersEngine(model, tokenizer)
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)
+
     t0 = time.perf_counter()
     collected: list[Any] = []
+    unplayed: list[dict[str, Any]] = []
     collectors: dict[int, Collector] = {}
     try:
-        while len(collected) < episodes:
-            n = min(batch_size, episodes - len(collected))
+        done = 0
+        while done < episodes:
+            n = min(batch_size, episodes - done)
             if n not in collectors:
                 collectors[n] = Collector(make_env, engine, params, num_groups=n, group_size=1)
-            collected += collectors[n].collect(seed + len(collected))
+            collected += collectors[n].collect(seed + done)
+            unplayed += collectors[n].last_unplayed
+            done += n
     finally:
         for c in collectors.values():
             c.close()
     wall = time.perf_counter() - t0
-    returns = np.array([ep.total_reward for ep in collected], dtype=np.float64)
+    total = len(collected) + len(unplayed)
+    returns = np.array([ep.total_reward for ep in collected] + [0.0] * len(unplayed), dtype=np.float64)
     wins = int(sum(ep.success for ep in collected))
+    records = task_records(collected, unplayed)
+    by_difficulty: dict[str, dict[str, float]] = {}
+    if any("difficulty" in r for r in records):
+        from agentgym.envs.spider_sql.evaluation import accuracy_report
+
+        by_difficulty = accuracy_report({"correct": r["success"], "difficulty": r.get("difficulty", "unknown")}
+                                        for r in records)
     result = EvalResult(
-        success_rate=wins / len(collected),
-        success_ci95=wilson_interval(wins, len(collected)),
+        success_rate=wins / total,
+        success_ci95=wilson_interval(wins, total),
         reward_mean=float(returns.mean()),
         reward_std=float(returns.std()),
-        turns_mean=float(np.mean([len(ep.turns) for ep in collected])),
-        episode_tokens_mean=float(np.mean([sum(len(t.action_ids) for t in ep.turns) for ep in collected])),
-        truncated_rate=float(np.mean([ep.truncated for ep in collected])),
-        episodes=len(collected),
+        turns_mean=float(np.mean([len(ep.turns) for ep in collected] + [0] * len(unplayed))),
+        episode_tokens_mean=float(np.mean([sum(len(t.action_ids) for t in ep.turns) for ep in collected]
+                                          + [0] * len(unplayed))),
+        truncated_rate=float(np.mean([ep.truncated for ep in collected] + [True] * len(unplayed))),
+        episodes=total,
         wall_s=wall,
         settings=dict(env=env, env_kwargs=env_kwargs, temperature=temperature, top_p=top_p, top_k=top_k,
                       max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens, seed=seed),
+        by_difficulty=by_difficulty,
+        unplayed=unplayed,
     )
     return result, collected
+
+
+def _task_set(make_env: Any, env_kwargs: dict[str, Any]) -> int | None:
+    """The number of tasks of an env that serves a finite task set (setting ``task_order="by_seed"`` in
+    ``env_kwargs`` unless given), else ``None``."""
+    probe = make_env()
+    try:
+        inner = probe
+        while inner is not None and not hasattr(inner, "num_tasks"):
+            inner = getattr(inner, "env", None)
+        if inner is None or not hasattr(inner, "task_order"):
+            return None
+        env_kwargs.setdefault("task_order", "by_seed")
+        return int(inner.num_tasks) if env_kwargs["task_order"] == "by_seed" else None
+    finally:
+        probe.close()
+
+
+def task_records(episodes: Sequence[Any], unplayed: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One JSON-able line per task, in seed order: seed, success, return, turns, truncated and the env's scalar info
+    (for SpiderSQL: difficulty, db_id, example_index, final_query, gold_query, match_reason)."""
+    rows = []
+    for ep in episodes:
+        info = {k: v for k, v in ep.info.items()
+                if isinstance(v, (str, int, float, bool, type(None))) and k not in ("text", "success")}
+        rows.append({"seed": ep.group_id, "success": bool(ep.success), "return": float(ep.total_reward),
+                     "turns": len(ep.turns), "truncated": bool(ep.truncated), **info})
+    for u in unplayed:
+        rows.append({"success": False, "return": 0.0, "turns": 0, "truncated": True, **u})
+    return sorted(rows, key=lambda r: r["seed"])
 
 
 # -- command --------------------------------------------------------------------------------------------------------
@@ -182,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SmolLM2-135M-Instruct, tiny, a hub id)")
     p.add_argument("--env", default=None,
                    help="registered env id, see `agentgym envs` (default: the run's env, else agentgym/GuessNumber-v0)")
-    p.add_argument("--episodes", type=int, default=64, help="episodes to play, one task each (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes to play, one task each (default: every task once for an env with a finite task "
+                   "set, such as SpiderSQL's questions; else 64)")
+    p.add_argument("--split", default=None,
+                   help="the env's data split, e.g. dev for SpiderSQL (short for --env.split; default: the env's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature, 0 for greedy (default: the run's, else 1.0)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default: the run's, else 1.0)")
@@ -195,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reset seed of the first task; task i uses SEED + i (default: %(default)s, held-out tasks)")
     p.add_argument("--batch-size", type=int, default=32, help="episodes played at once (default: %(default)s)")
     p.add_argument("--out-dir", default=None,
-                   help="write eval.json and episodes.jsonl here, for `agentgym inspect` (default: none)")
+                   help="write eval.json, results.jsonl (one line per task) and episodes.jsonl (for `agentgym "
+                   "inspect`) here (default: runs/eval/<env>-<time>)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (default: a summary)")
     return p
 
@@ -247,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings[key] = given if given is not None else run_conf.get(key, _DEFAULTS[key])
     kwargs = dict(run_conf.get("env_kwargs") or {}) if settings["env"] == run_conf.get("env") else {}
     kwargs.update(env_kwargs)
+    if args.split is not None:
+        kwargs["split"] = args.split
     import agentgym
 
     if settings["env"] not in agentgym.registry:
@@ -272,15 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.settings["model"] = args.model
     result.settings["tokenizer"] = _tokenizer_source(args.model, run_conf)
     record = asdict(result)
-    if args.out_dir:
-        from agentgym.trainer import episode_record
+    from agentgym.trainer import episode_record
 
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(record, indent=2))
-        with (out / "episodes.jsonl").open("w") as f:
-            for ep in episodes:
-                f.write(json.dumps(episode_record(ep, 0)) + "\n")
+    out = Path(args.out_dir or Path("runs") / "eval" / f"{settings['env'].split('/')[-1]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(record, indent=2))
+    with (out / "results.jsonl").open("w") as f:
+        for row in task_records(episodes, result.unplayed):
+            f.write(json.dumps(row) + "\n")
+    with (out / "episodes.jsonl").open("w") as f:
+        for ep in episodes:
+            f.write(json.dumps(episode_record(ep, 0)) + "\n")
     if args.json:
         print(json.dumps(record))
     else:
@@ -292,8 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"turns     {result.turns_mean:.2f}   tokens/episode {result.episode_tokens_mean:.1f}   "
               f"truncated {result.truncated_rate:.3f}")
         print(f"time      {result.wall_s:.1f} s")
-        if args.out_dir:
-            print(f"wrote {Path(args.out_dir) / 'eval.json'} and episodes.jsonl (agentgym inspect {args.out_dir})")
+        if result.unplayed:
+            print(f"unplayed  {len(result.unplayed)} tasks ended before the policy's first turn (counted as failures)")
+        if result.by_difficulty:
+            from agentgym.envs.spider_sql.evaluation import format_report
+
+            print("\n" + format_report(result.by_difficulty) + "\n")
+        print(f"wrote {out / 'eval.json'}, results.jsonl and episodes.jsonl (agentgym inspect {out})")
     return 0
 
 

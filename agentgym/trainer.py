@@ -38,7 +38,7 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments for the env, e.g. --env.high 10"""
     algo: str = "grpo"
-    """named algorithm: ppo | grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp"""
+    """named algorithm: ppo | grpo | dr_grpo | dapo | gspo | rloo | reinforce_pp (| sft | apo from the CLI)"""
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     """AlgoConfig fields to override, e.g. --algo.kl_coef 0.01"""
     model: str = "SmolLM2-135M-Instruct"

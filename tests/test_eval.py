@@ -27,6 +27,11 @@ def _train(tmp_path, **overrides):
     return trainer
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `agentgym eval` writes runs/eval/... under the working directory by default
+
+
 def test_wilson_interval():
     lo, hi = wilson_interval(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
@@ -115,3 +120,33 @@ def test_command_errors(tmp_path, capsys):
     assert main(["--model", "tiny", "--env", "agentgym/GuesNumber-v0"]) == 2
     assert "Did you mean 'agentgym/GuessNumber-v0'" in capsys.readouterr().err
     assert main(["--model", "tiny", "--env.high"]) == 2
+
+
+def test_spider_dev_accuracy_by_difficulty_and_per_example_results(tmp_path, capsys):
+    """`agentgym eval --env agentgym/SpiderSQL-v0 --split dev` plays every dev question once, prints execution
+    accuracy overall and by difficulty, and writes one result per question."""
+    from agentgym.envs.spider_sql.data import load_spider
+    from agentgym.envs.spider_sql.evaluation import accuracy_report
+
+    model, tok = make_tiny_policy(seed=0, max_position_embeddings=8192)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    dev = load_spider(split="dev", max_examples=7)
+    out = tmp_path / "eval"
+    argv = ["--model", str(tmp_path / "m"), "--env", "agentgym/SpiderSQL-v0", "--split", "dev",
+            "--env.max_examples", "7", "--env.max_turns", "1", "--max-new-tokens", "2", "--max-context-tokens", "8192",
+            "--out-dir", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["example_index"] for r in rows) == list(range(7))  # every question once
+    assert [r["difficulty"] for r in sorted(rows, key=lambda r: r["example_index"])] == [ex.difficulty for ex in dev]
+    assert all(r["gold_query"] == dev[r["example_index"]].query for r in rows)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["episodes"] == 7
+    assert report["by_difficulty"] == accuracy_report({"correct": r["success"], "difficulty": r["difficulty"]}
+                                                      for r in rows)
+    assert report["by_difficulty"]["all"]["count"] == 7
+    assert "exec acc" in text and "all" in text
+    for level, row in report["by_difficulty"].items():
+        assert f"{level:<8} {int(row['count']):>6}" in text

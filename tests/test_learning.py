@@ -13,9 +13,9 @@ from agentgym.trainer import TrainConfig, Trainer, evaluate
 ENV = {"low": 1, "high": 2, "max_turns": 2, "system_prompt": None}
 
 
-def train(algo: str, iterations: int, tmp_path, **algo_kwargs):
+def train(algo: str, iterations: int, tmp_path, seed: int = 0, **algo_kwargs):
     torch.manual_seed(0)
-    model, tok = make_tiny_policy(seed=0)
+    model, tok = make_tiny_policy(seed=seed)
     cfg = TrainConfig(
         env="agentgym/GuessNumber-v0",
         env_kwargs=ENV,
@@ -25,7 +25,7 @@ def train(algo: str, iterations: int, tmp_path, **algo_kwargs):
         groups_per_iteration=16,
         group_size=8,
         max_new_tokens=1,
-        lr=1e-2,
+        lr=3e-3,  # 1e-2 learns faster but may collapse to a policy that ignores the feedback
         value_lr=1e-2,
         minibatches=4,
         micro_batch_size=128,
@@ -33,6 +33,7 @@ def train(algo: str, iterations: int, tmp_path, **algo_kwargs):
         wandb=False,
         progress=False,
         export=False,
+        seed=seed,
     )
     trainer = Trainer(cfg, model=model, tokenizer=tok)
     before = evaluate(trainer), evaluate(trainer, greedy=True)
@@ -43,9 +44,10 @@ def train(algo: str, iterations: int, tmp_path, **algo_kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, iterations", [("ppo", 30), ("grpo", 40)])
-def test_tiny_model_learns_guess_number(algo, iterations, tmp_path):
-    (sampled0, greedy0), (sampled1, greedy1), history = train(algo, iterations, tmp_path, kl_coef=0.0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("algo, iterations", [("ppo", 60), ("grpo", 80)])
+def test_tiny_model_learns_guess_number(algo, iterations, seed, tmp_path):
+    (sampled0, greedy0), (sampled1, greedy1), history = train(algo, iterations, tmp_path, seed=seed, kl_coef=0.0)
     curve = [round(h["success_rate"], 2) for h in history]
     assert sampled0 <= 0.3 and greedy0 <= 0.3, curve
     # The policy's own reply (greedy) solves the task; sampling at temperature 1 is close behind.

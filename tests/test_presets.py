@@ -99,3 +99,14 @@ def test_every_config_field_has_a_one_line_docstring():
             assert "\n" not in node.value.value.strip()
             documented.add(prev.target.id)
     assert documented == {f.name for f in dataclasses.fields(AlgoConfig)}
+
+
+def test_algos_command_lists_every_algorithm_with_its_description(capsys):
+    from agentgym.cli import BEYOND_RL, main
+
+    assert main(["algos"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert set(listed) == set(list_algorithms()) | set(BEYOND_RL)
+    for name in list_algorithms():
+        assert listed[name] == DESCRIPTIONS[name]

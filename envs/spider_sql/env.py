@@ -248,6 +248,11 @@ class SpiderSQLEnv(MessageEnv):
             self._sandboxes[path] = SQLSandbox(path, timeout_s=self.timeout_s, max_rows=self.max_result_rows)
         return self._sandboxes[path]
 
+    @property
+    def num_tasks(self) -> int:
+        """How many questions the env serves (``task_order="by_seed"`` visits them all in as many seeds)."""
+        return len(self.examples)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[Message], dict]:
         """Start an episode on ``options["index"]`` (a position in ``self.examples``) if given, else on the
         question ``task_order`` picks."""
