@@ -77,6 +77,9 @@ class TrainConfig:
     """LoRA rank via peft (0 trains all weights)"""
     lora_alpha: int = 32
     """LoRA alpha"""
+    lora_adapters: list[str] = field(default_factory=list)
+    """separate LoRA adapters on one base model, one per trainable policy (needs lora_rank > 0): a row trains the
+    adapter named by its episode's info["policy"], and Trainer.engine_for(name) samples with it (agentgym.adapters)"""
     seed: int = 0
     """seeds tasks, sampling and minibatch order"""
     run_dir: str = ""
@@ -148,7 +151,17 @@ class Trainer:
         if tokenizer is None:
             raise ValueError("pass the tokenizer together with the model")
         model.eval()  # no dropout: the engine and the trainer must compute the same distribution
-        if cfg.lora_rank > 0:
+        if cfg.lora_adapters:
+            if cfg.lora_rank <= 0 or cfg.trainer_procs > 1 or cfg.rollout_workers > 0:
+                raise ValueError(
+                    "lora_adapters needs lora_rank > 0, one trainer process and in-process rollouts (its adapters "
+                    f"share the engine); got lora_rank={cfg.lora_rank}, trainer_procs={cfg.trainer_procs}, "
+                    f"rollout_workers={cfg.rollout_workers}"
+                )
+            from agentgym.adapters import add_adapters
+
+            model = add_adapters(model, cfg.lora_adapters, cfg.lora_rank, cfg.lora_alpha)
+        elif cfg.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(
@@ -219,8 +232,49 @@ class Trainer:
         if push is not None:
             push(self._policy_state_dict())
 
+    def engine_for(self, adapter: str) -> Any:
+        """The engine that samples with LoRA adapter ``adapter`` (``cfg.lora_adapters``), for a policy map."""
+        from agentgym.adapters import AdapterEngine
+
+        if adapter not in self.cfg.lora_adapters:
+            raise KeyError(f"no adapter {adapter!r}; cfg.lora_adapters = {self.cfg.lora_adapters}")
+        return AdapterEngine(self.engine, self.model, adapter)
+
+    def _micro_batches(self, batch: TensorDict) -> Any:
+        """``(adapter, micro-batch)`` pairs covering ``batch``: chunks of ``micro_batch_size`` rows, and with
+        ``cfg.lora_adapters`` each chunk the rows of one adapter (in adapter order), which it makes active."""
+        mb = self.cfg.micro_batch_size
+        if not self.cfg.lora_adapters:
+            for i in range(0, batch.batch_size[0], mb):
+                yield None, batch[i : i + mb]
+            return
+        from agentgym.adapters import use_adapter
+
+        for a, name in enumerate(self.cfg.lora_adapters):
+            rows = batch[batch["adapter_id"] == a]
+            if rows.batch_size[0]:
+                use_adapter(self.model, name)
+            for i in range(0, rows.batch_size[0], mb):
+                yield name, rows[i : i + mb]
+
+    def _adapter_ids(self, episodes: list[Episode], batch: TensorDict) -> torch.Tensor:
+        """Each row's adapter: the index in ``cfg.lora_adapters`` of its episode's ``info["policy"]``."""
+        index = {name: i for i, name in enumerate(self.cfg.lora_adapters)}
+        of: dict[tuple[int, int], int] = {}
+        for ep in episodes:
+            name = ep.info.get("policy")
+            if name not in index:
+                raise KeyError(f"an episode of policy {name!r} reached the trainer, but only the adapters "
+                               f"{self.cfg.lora_adapters} train: make the other policies non-trainable")
+            of[(ep.episode_id, ep.agent_id)] = index[name]
+        return torch.tensor([of[(int(e), int(a))] for e, a in zip(batch["episode_id"], batch["agent_id"])],
+                            dtype=torch.long)
+
     def _policy_state_dict(self) -> dict[str, torch.Tensor]:
         """The policy's weights under the base model's names (LoRA adapters merged into a copy)."""
+        if self.cfg.lora_adapters:
+            raise RuntimeError("several LoRA adapters cannot be pushed as one set of weights; they train with the "
+                               "in-process engine that shares the module (Trainer.engine_for)")
         if self.cfg.lora_rank == 0:
             return {k: v.detach() for k, v in self.model.state_dict().items()}
         self.model.merge_adapter()
@@ -243,11 +297,9 @@ class Trainer:
     @torch.no_grad()
     def _score(self, batch: TensorDict) -> TensorDict:
         """Fill what the algorithm needs before the update: old values, reference logprobs."""
-        mb = self.cfg.micro_batch_size
         values, refs, olds = [], [], []
         need_old = self.algo.needs_trainer_logprobs
-        for i in range(0, batch.batch_size[0], mb):
-            micro = batch[i : i + mb]
+        for _, micro in self._micro_batches(batch):  # in row order: a batch with adapters is sorted by adapter
             if self.value_head is not None or need_old:
                 out = forward(
                     self.model, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
@@ -290,8 +342,7 @@ class Trainer:
                     mini, norm = self.parallel.shard(mini, algo)
                     policy, scale = self.parallel.module, self.parallel.loss_scale
                 self.optimizer.zero_grad(set_to_none=True)
-                for j in range(0, mini.batch_size[0], cfg.micro_batch_size):
-                    micro = mini[j : j + cfg.micro_batch_size]
+                for _, micro in self._micro_batches(mini):
                     out = forward(
                         policy, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
                         cfg.temperature, value_head=self.value_head, with_entropy=True,
@@ -332,6 +383,9 @@ class Trainer:
         t_rollout = time.perf_counter() - t0
         self._save_episodes(episodes)
         batch, agg = to_batch(episodes, pad_id=self.tokenizer.pad_token_id or 0)
+        if self.cfg.lora_adapters and batch.batch_size[0]:
+            batch["adapter_id"] = self._adapter_ids(episodes, batch)
+            batch = batch[torch.argsort(batch["adapter_id"], stable=True)]
         metrics = episode_metrics(episodes)
         metrics.update(agg)
         metrics.update(getattr(self.collector, "last_stats", {}))
@@ -409,6 +463,14 @@ class Trainer:
     def export(self, path: str | Path) -> Path:
         """Save the policy as a normal HF model directory (LoRA merged), with its tokenizer."""
         path = Path(path)
+        if self.cfg.lora_adapters:  # one model per adapter: path/<adapter>
+            import copy
+
+            for name in self.cfg.lora_adapters:
+                merged = copy.deepcopy(self.model).merge_and_unload(adapter_names=[name])
+                merged.save_pretrained(path / name)
+                self.tokenizer.save_pretrained(path / name)
+            return path
         model = self.model
         if self.cfg.lora_rank > 0:
             import copy
