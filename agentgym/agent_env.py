@@ -74,7 +74,10 @@ class LLM:
         """The model name that tags a call as agent ``agent`` (for clients built outside :meth:`client`)."""
         return f"{self.model}:{agent}"
 
-    def _headers(self) -> dict[str, str]:
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers that route a call to this episode: a client built outside :meth:`client` (LangChain's
+        ``ChatOpenAI``, a plain ``openai.OpenAI``...) must send them, e.g. ``default_headers=llm.headers``."""
         return {EPISODE_HEADER: self.episode_id}
 
     def client(self, **kwargs: Any) -> Any:
@@ -89,7 +92,7 @@ class LLM:
 
         http = httpx.Client(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
         return openai.OpenAI(
-            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self._headers(), **kwargs
+            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self.headers, **kwargs
         )
 
     def async_client(self, **kwargs: Any) -> Any:
@@ -104,7 +107,7 @@ class LLM:
 
         http = httpx.AsyncClient(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
         return openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self._headers(), **kwargs
+            base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self.headers, **kwargs
         )
 
 
@@ -214,7 +217,7 @@ class AgentEnv(TokenEnv):
         headers = {k.lower(): v for k, v in info.headers.items()}
         ep = self._episodes.get(headers.get(EPISODE_HEADER.lower(), ""))
         if ep is None or ep.cancelled.is_set():
-            raise RuntimeError("this episode is over: the environment no longer answers its calls")
+            raise _episode_over("this episode is over: the environment no longer answers its calls")
         name = (
             headers.get(AGENT_HEADER.lower())
             or _agent_from_model(info.model or "", self.served_model)
@@ -254,7 +257,7 @@ class AgentEnv(TokenEnv):
             return
         ep.cancelled.set()
         if self._call is not None and not self._call.future.done():
-            self._call.future.set_exception(RuntimeError("episode ended"))
+            self._call.future.set_exception(_episode_over("episode ended"))
         # Fail the calls the agent makes from now on, then give its thread a moment to unwind.
         while True:
             try:
@@ -262,7 +265,7 @@ class AgentEnv(TokenEnv):
             except queue.Empty:
                 break
             if kind == "call" and not item.future.done():
-                item.future.set_exception(RuntimeError("episode ended"))
+                item.future.set_exception(_episode_over("episode ended"))
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self._episodes.pop(ep.id, None)
@@ -382,6 +385,13 @@ class _Renderer:
 
     def release(self, key: str) -> None:
         pass
+
+
+def _episode_over(message: str) -> Exception:
+    """The error a call of a finished episode gets: HTTP 410, which clients report at once and do not retry."""
+    from agentgym.engines.server import RequestError
+
+    return RequestError(message, status=410, code="episode_over")
 
 
 def _agent_from_model(model: str, served: str) -> str | None:

@@ -618,21 +618,15 @@ def default_critic(cfg: APOConfig, engine: Any, tokenizer: Any) -> Critic:
 # -- command --------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """``agentgym train --algo apo [--key value]...``."""
-    from agentgym.config import help_text, parse_cli
+    from agentgym.config import parse_command
 
-    argv = list(argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: agentgym train --algo apo [--config FILE.yaml] [--key value]...\n\n"
-              "Automatic prompt optimization: beam search over the env's system prompt; a critic model reads\n"
-              "failed episodes and rewrites the prompt; candidates are scored on validation tasks. The best prompt\n"
-              "and every candidate's score go to RUN_DIR/apo.json.\n\noptions:")
-        print(help_text(APOConfig, APO_ALIASES))
-        return 0
-    try:
-        cfg = parse_cli(APOConfig, argv, APO_ALIASES)
-    except (KeyError, ValueError) as e:
-        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    usage = ("usage: agentgym train --algo apo [--config FILE.yaml] [--key value]...\n\n"
+             "Automatic prompt optimization: beam search over the env's system prompt; a critic model reads\n"
+             "failed episodes and rewrites the prompt; candidates are scored on validation tasks. The best prompt\n"
+             "and every candidate's score go to RUN_DIR/apo.json.")
+    cfg = parse_command(APOConfig, list(argv), APO_ALIASES, usage, sweep=False)
+    if isinstance(cfg, int):
+        return cfg
     try:
         result = optimize_prompt(cfg)
     except (TypeError, ValueError) as e:

@@ -59,8 +59,7 @@ def _algo_name(argv: Sequence[str]) -> str | None:
 
 
 def _train(argv: Sequence[str]) -> int:
-    from agentgym.config import help_text, parse_cli
-    from agentgym.sweep import apply_wandb_config
+    from agentgym.config import parse_command
     from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer
 
     algo = _algo_name(argv)
@@ -68,19 +67,12 @@ def _train(argv: Sequence[str]) -> int:
         import importlib
 
         return importlib.import_module(BEYOND_RL[algo]).main(argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: agentgym train [--config FILE.yaml] [--key value]...\n\n"
-              "Run by a wandb sweep agent (WANDB_SWEEP_ID set), the values of wandb.config override these.\n\n"
-              "options:")
-        print(help_text(TrainConfig, CLI_ALIASES))
-        return 0
-    try:
-        cfg = parse_cli(TrainConfig, argv, CLI_ALIASES)
-        cfg = apply_wandb_config(cfg, CLI_ALIASES)
-        cfg.algo_config()  # validate the algorithm and its overrides before loading a model
-    except (KeyError, ValueError) as e:
-        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    usage = ("usage: agentgym train [--config FILE.yaml] [--key value]...\n\n"
+             "Run by a wandb sweep agent (WANDB_SWEEP_ID set), the values of wandb.config override these.")
+    # The algorithm and its overrides are validated before a model loads.
+    cfg = parse_command(TrainConfig, argv, CLI_ALIASES, usage, validate=lambda c: c.algo_config())
+    if isinstance(cfg, int):
+        return cfg
     trainer = Trainer(cfg)
     try:
         history = trainer.train()

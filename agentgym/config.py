@@ -162,3 +162,38 @@ def help_text(cls: type, aliases: dict[str, str] | None = None) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def parse_command(
+    cls: type,
+    argv: Sequence[str],
+    aliases: dict[str, str] | None,
+    usage: str,
+    validate: Any = None,
+    sweep: bool = True,
+) -> Any:
+    """Parse a ``agentgym train`` command line into a ``cls`` config.
+
+    Returns the config, or an exit code after printing: ``0`` for ``--help`` (``usage``, then every option with its
+    default and doc), ``2`` for a bad option or value (the error on stderr). With ``sweep``, a wandb sweep run's
+    values override the command line (:func:`agentgym.sweep.apply_wandb_config`); ``validate(cfg)`` may raise
+    ``KeyError`` / ``ValueError`` to reject a config before anything heavy loads.
+    """
+    import sys
+
+    if "-h" in argv or "--help" in argv:
+        print(usage + "\n\noptions:")
+        print(help_text(cls, aliases))
+        return 0
+    try:
+        cfg = parse_cli(cls, argv, aliases)
+        if sweep:
+            from agentgym.sweep import apply_wandb_config
+
+            cfg = apply_wandb_config(cfg, aliases)
+        if validate is not None:
+            validate(cfg)
+    except (KeyError, ValueError) as e:
+        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    return cfg

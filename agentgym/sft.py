@@ -329,25 +329,19 @@ def _trim(micro: TensorDict) -> TensorDict:
 # -- command --------------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """``agentgym train --algo sft [--data FILE.jsonl] [--key value]...``."""
-    from agentgym.config import help_text, parse_cli
-    from agentgym.sweep import apply_wandb_config
+    from agentgym.config import parse_command
 
-    argv = list(argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: agentgym train --algo sft [--data FILE.jsonl] [--config FILE.yaml] [--key value]...\n\n"
-              "Supervised fine-tuning on the policy's tokens: rejection sampling from the env (collect, keep the\n"
-              "best, fine-tune) or the trajectories of a JSONL file (episode records or chat messages).\n\n"
-              "options:")
-        print(help_text(SFTConfig, CLI_ALIASES))
-        return 0
-    try:
-        cfg = parse_cli(SFTConfig, argv, CLI_ALIASES)
-        cfg = apply_wandb_config(cfg, CLI_ALIASES)
-        cfg.algo_config()
-        cfg.selection()
-    except (KeyError, ValueError) as e:
-        print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    usage = ("usage: agentgym train --algo sft [--data FILE.jsonl] [--config FILE.yaml] [--key value]...\n\n"
+             "Supervised fine-tuning on the policy's tokens: rejection sampling from the env (collect, keep the\n"
+             "best, fine-tune) or the trajectories of a JSONL file (episode records or chat messages).")
+
+    def validate(c: SFTConfig) -> None:
+        c.algo_config()
+        c.selection()
+
+    cfg = parse_command(SFTConfig, list(argv), CLI_ALIASES, usage, validate=validate)
+    if isinstance(cfg, int):
+        return cfg
     try:
         trainer = SFTTrainer(cfg)
     except (FileNotFoundError, ValueError) as e:

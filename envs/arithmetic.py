@@ -10,6 +10,7 @@ from fractions import Fraction
 from agentgym.message_env import Message, MessageEnv
 
 _ANSWER = re.compile(r"ANSWER:\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CALC = re.compile(r"CALC:\s*([^\n]+)", re.IGNORECASE)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
@@ -62,6 +63,9 @@ class ArithmeticEnv(MessageEnv):
         max_turns: replies allowed, calculator calls included.
         tool_cost: subtracted from the reward per calculator call.
         allow_tool: when False, the prompt asks for the answer directly and CALC is refused.
+        answer_format: ``"strict"`` (only ``ANSWER: <number>`` answers) or ``"last_number"`` (a reply with neither
+            marker answers with its last number and ends the episode: a curriculum for a model that does not yet
+            follow the protocol, e.g. SmolLM2-135M-Instruct, which never writes ``ANSWER:`` unprompted).
     """
 
     def __init__(
@@ -72,9 +76,13 @@ class ArithmeticEnv(MessageEnv):
         max_turns: int = 4,
         tool_cost: float = 0.0,
         allow_tool: bool = True,
+        answer_format: str = "strict",
     ):
         if num_operands < 2:
             raise ValueError(f"num_operands must be at least 2, got {num_operands}")
+        if answer_format not in ("strict", "last_number"):
+            raise ValueError(f"answer_format must be 'strict' or 'last_number', got {answer_format!r}")
+        self.answer_format = answer_format
         if not ops or set(ops) - set("+-*"):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {ops!r}")
         self.num_operands, self.max_operand, self.ops = num_operands, max_operand, ops
@@ -107,11 +115,16 @@ class ArithmeticEnv(MessageEnv):
         self.turn += 1
         last = self.turn >= self.max_turns
         answer = _ANSWER.search(text)
+        calc = _CALC.search(text)
+        if answer is None and calc is None and self.answer_format == "last_number":
+            numbers = _NUMBER.findall(text)
+            if numbers:
+                success = Fraction(numbers[-1]) == self.answer
+                return [], float(success), True, False, {"success": success, "answer": _fmt(self.answer)}
         if answer is not None:
             success = Fraction(answer.group(1)) == self.answer
             return [], float(success), True, False, {"success": success, "answer": _fmt(self.answer)}
         reward = 0.0
-        calc = _CALC.search(text)
         if calc is not None and self.allow_tool:
             reward = 0.0 - self.tool_cost
             try:

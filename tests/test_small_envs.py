@@ -63,6 +63,22 @@ def test_arithmetic_wrong_and_out_of_turns():
     assert term and r == 0.0 and not info["success"]
 
 
+def test_arithmetic_last_number_answer_format():
+    env = ArithmeticEnv(max_turns=2, answer_format="last_number")
+    env.reset(options={"expression": "12 + 11"})
+    _, r, term, _, info = env.step("12 plus 11 makes 23.")
+    assert (r, term, info["success"]) == (1.0, True, True)
+    env.reset(options={"expression": "12 + 11"})
+    assert env.step("The answer is 22 which")[1:3] == (0.0, True)
+    env.reset(options={"expression": "12 + 11"})
+    assert env.step("ANSWER: 23 (not 5)")[1] == 1.0  # the marker still wins over the last number
+    env.reset(options={"expression": "12 + 11"})
+    msgs, r, term, _, _ = env.step("no digits here")
+    assert not term and "ANSWER" in msgs[0]["content"]
+    with pytest.raises(ValueError, match="answer_format"):
+        ArithmeticEnv(answer_format="loose")
+
+
 def test_arithmetic_token_level(tiny_tokenizer):
     env = agentgym.make("agentgym/Arithmetic-v0", tokenizer=tiny_tokenizer)
     env.reset(seed=1, options={"expression": "6 * 7"})

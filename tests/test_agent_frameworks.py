@@ -1,0 +1,168 @@
+"""An agent written with LangGraph (LangChain's ChatOpenAI in a StateGraph) as an AgentEnv, trained with Trainer.
+
+Needs the ``agents`` extra (part of ``dev``); skipped without it.
+"""
+
+import threading
+from typing import Annotated, TypedDict
+
+import numpy as np
+import pytest
+
+pytest.importorskip("langgraph")
+pytest.importorskip("langchain_openai")
+
+from langchain_core.messages import HumanMessage  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from langchain_openai import ChatOpenAI  # noqa: E402
+from langgraph.graph import END, START, StateGraph  # noqa: E402
+from langgraph.graph.message import add_messages  # noqa: E402
+from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
+
+from agentgym.agent_env import AgentEnv  # noqa: E402
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """add two integers"""
+    return a + b
+
+
+class State(TypedDict):
+    messages: Annotated[list, add_messages]
+
+
+RECEIVED: list[tuple[list[str], list[float]]] = []
+"""Every reply the LangGraph agents got: its tokens and logprobs, as the OpenAI response carried them."""
+_received_lock = threading.Lock()
+
+
+def langgraph_agent(task, llm):
+    """solve (may call ``add`` through a ToolNode, then solve again) -> final answer; reward: the sum is in it."""
+    chat = ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=llm.api_key, default_headers=llm.headers,
+                      max_tokens=40, max_retries=0, logprobs=True).bind_tools([add])
+
+    def ask(messages):
+        reply = chat.invoke(messages)
+        entries = reply.response_metadata["logprobs"]["content"]
+        with _received_lock:
+            RECEIVED.append(([e["token"] for e in entries], [e["logprob"] for e in entries]))
+        return reply
+
+    def solve(state):
+        return {"messages": [ask(state["messages"])]}
+
+    def final(state):
+        nudge = HumanMessage("Reply with the number only.")
+        return {"messages": [nudge, ask(state["messages"] + [nudge])]}
+
+    graph = StateGraph(State)
+    graph.add_node("solve", solve)
+    graph.add_node("tools", ToolNode([add]))
+    graph.add_node("final", final)
+    graph.add_edge(START, "solve")
+    graph.add_conditional_edges("solve", tools_condition, {"tools": "tools", END: "final"})
+    graph.add_edge("tools", "solve")
+    graph.add_edge("final", END)
+    question = HumanMessage(f"What is {task['a']} + {task['b']}?")
+    out = graph.compile().invoke({"messages": [question]}, {"recursion_limit": 12})
+    return 1.0 if str(task["a"] + task["b"]) in out["messages"][-1].content else 0.0
+
+
+def say(tok, text):
+    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
+
+
+def test_langgraph_agent_runs_tools_and_gets_exact_tokens(tiny_tokenizer):
+    tok = tiny_tokenizer
+    env = AgentEnv(langgraph_agent, [{"a": 2, "b": 3}], tok, timeout_s=30)
+    RECEIVED.clear()
+    try:
+        obs, _ = env.reset(seed=0)
+        assert "What is 2 + 3?" in tok.decode(obs.tolist()) and '"name": "add"' in tok.decode(obs.tolist())
+        call = say(tok, '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>')
+        obs, r, term, _, info = env.step(call)
+        assert not term  # the ToolNode ran add(2, 3) and the graph asked again with its result
+        assert "<tool_response>\n5\n</tool_response>" in tok.decode(obs.tolist())
+        obs, r, term, _, _ = env.step(say(tok, "It is 5."))
+        assert not term and "Reply with the number only." in tok.decode(obs.tolist())
+        _, r, term, trunc, info = env.step(say(tok, "5"))
+        assert term and not trunc and r == 1.0 and info["result"] == 1.0
+        sent = [call, say(tok, "It is 5."), say(tok, "5")]
+        assert [tokens for tokens, _ in RECEIVED] == [[tok.decode([t]) for t in ids.tolist()] for ids in sent]
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+def test_trainer_trains_a_langgraph_agent_on_the_engines_samples(tmp_path, monkeypatch):
+    """Two GRPO iterations; every batch row is, token by token, what the engine sampled and the agent received."""
+    import torch
+
+    import agentgym.trainer as trainer_module
+    from agentgym.collector import Collector
+    from agentgym.tiny import make_tiny_policy
+    from agentgym.trainer import TrainConfig, Trainer
+
+    model, tok = make_tiny_policy(seed=5)
+    tasks = [{"a": a, "b": b} for a in range(2) for b in range(2)]
+    cfg = TrainConfig(algo="grpo", algo_kwargs={"kl_coef": 0.0}, iterations=2, groups_per_iteration=2, group_size=2,
+                      max_new_tokens=6, lr=1e-3, run_dir=str(tmp_path), wandb=False, progress=False, export=False,
+                      micro_batch_size=4)
+
+    def collector(trainer):
+        return Collector(lambda: AgentEnv(langgraph_agent, tasks, tok, engine=trainer.engine, timeout_s=60),
+                         trainer.engine, trainer.params, num_groups=cfg.groups_per_iteration,
+                         group_size=cfg.group_size)
+
+    trainer = Trainer(cfg, model=model, tokenizer=tok, collector=collector)
+    sampled: list[tuple[list[int], list[int], list[float]]] = []
+    generate = trainer.engine.generate
+
+    def recording_generate(prompts, params=None, cache_keys=None):
+        outs = generate(prompts, params, cache_keys=cache_keys)
+        sampled.extend((list(p), list(o[0].token_ids), list(o[0].logprobs)) for p, o in zip(prompts, outs))
+        return outs
+
+    monkeypatch.setattr(trainer.engine, "generate", recording_generate)
+    batches = []
+    to_batch = trainer_module.to_batch
+
+    def capturing_to_batch(episodes, pad_id=0):
+        batch, stats = to_batch(episodes, pad_id=pad_id)
+        batches.append((list(episodes), batch))
+        return batch, stats
+
+    monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
+    RECEIVED.clear()
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
+    assert len(history) == 2 and all(np.isfinite(h["reward_mean"]) for h in history)
+    assert history[0]["engine_trainer_logprob_diff_max"] < 1e-4
+
+    # The episodes' turns are exactly the engine's samples, in the contexts it saw (2 turns each: solve, final).
+    turns = [t for episodes, _ in batches for ep in episodes for t in ep.turns]
+    assert len(turns) == len(sampled) == 2 * 2 * cfg.groups_per_iteration * cfg.group_size
+    assert sorted((t.prompt_ids, t.action_ids, t.logprobs) for t in turns) == sorted(sampled)
+    # The agents got those very tokens and logprobs in their OpenAI responses.
+    assert sorted(RECEIVED) == sorted(([tok.decode([i]) for i in ids], lps) for _, ids, lps in sampled)
+
+    # Each batch row is its episode's tokens; the trained positions are the sampled ids with their logprobs.
+    for episodes, batch in batches:
+        by_id = {ep.episode_id: ep for ep in episodes}
+        rows: dict[int, list[int]] = {}
+        for row in range(batch.batch_size[0]):
+            rows.setdefault(int(batch["episode_id"][row]), []).append(row)
+        assert rows.keys() == by_id.keys()
+        for eid, ep in by_id.items():
+            parts = [ep.turns] if ep.is_mergeable() else [[t] for t in ep.turns]
+            assert len(rows[eid]) == len(parts)
+            for row, part in zip(rows[eid], parts):
+                n = int(batch["attention_mask"][row].sum())
+                ids, mask = batch["input_ids"][row][:n].tolist(), batch["loss_mask"][row][:n]
+                assert ids == part[-1].prompt_ids + part[-1].action_ids
+                assert [i for i, m in zip(ids, mask.tolist()) if m] == [i for t in part for i in t.action_ids]
+                want = torch.tensor([lp for t in part for lp in t.logprobs], dtype=torch.float32)
+                assert torch.equal(batch["old_logprobs"][row][:n][mask], want)
