@@ -20,3 +20,13 @@ def tiny_policy():
     from agentgym.tiny import make_tiny_policy
 
     return make_tiny_policy(seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny models gain nothing from intra-op threads, and on a busy machine
+    idle-waiting threads slow them down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

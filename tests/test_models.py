@@ -12,14 +12,7 @@ from agentgym import models
 from agentgym.models import DEFAULT_MODEL, cache_dir, load_model, load_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine idle-waiting threads slow them down
-    many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -21,14 +21,7 @@ from agentgym.engines.server import (
 )
 from agentgym.tiny import make_tiny_model, make_tiny_policy
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine idle-waiting threads slow them down
-    many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WEATHER_TOOL = {
