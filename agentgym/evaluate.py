@@ -213,10 +213,11 @@ def _task_set(make_env: Any, env_kwargs: dict[str, Any]) -> int | None:
 def task_records(episodes: Sequence[Any], unplayed: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """One JSON-able line per task, in seed order: seed, success, return, turns, truncated and the env's scalar info
     (for SpiderSQL: difficulty, db_id, example_index, final_query, gold_query, match_reason)."""
+    from agentgym.trainer import scalar_info
+
     rows = []
     for ep in episodes:
-        info = {k: v for k, v in ep.info.items()
-                if isinstance(v, (str, int, float, bool, type(None))) and k not in ("text", "success")}
+        info = {k: v for k, v in scalar_info(ep.info).items() if k not in ("text", "success")}
         rows.append({"seed": ep.group_id, "success": bool(ep.success), "return": float(ep.total_reward),
                      "turns": len(ep.turns), "truncated": bool(ep.truncated), **info})
     for u in unplayed:

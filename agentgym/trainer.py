@@ -507,8 +507,13 @@ def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:
             }
             for t in ep.turns
         ],
-        "info": {k: v for k, v in ep.info.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "info": scalar_info(ep.info),
     }
+
+
+def scalar_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able scalar entries of an episode's info (strings, numbers, booleans, None)."""
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
