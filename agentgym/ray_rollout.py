@@ -216,7 +216,12 @@ class RayCollector:
                 ray.init(address=address)
             self._owns_ray = True
         if cpus_per_worker is None:
+            # Actors killed just before (a previous collector's close) give their CPUs back asynchronously.
+            deadline = time.monotonic() + 5.0
             free = float(ray.available_resources().get("CPU", 0.0))
+            while free <= 0.0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                free = float(ray.available_resources().get("CPU", 0.0))
             if free <= 0.0:
                 raise RuntimeError("the Ray cluster has no free CPU for rollout workers (other actors hold them); "
                                    "free some, add nodes, or pass cpus_per_worker")
