@@ -2,7 +2,8 @@
 
 The agent is a function ``agent(task, llm)`` (or ``async def``) that talks to an OpenAI-compatible endpoint through
 ``llm.base_url`` and ``llm.model`` with any client (the openai SDK, LangGraph, AutoGen, ...). :class:`AgentEnv`
-runs it in its own thread and serves its calls on 127.0.0.1: a call of a *trained* agent becomes the observation
+runs it in its own thread (or, with ``isolation="process"``, in a worker process that is killed when the agent
+overstays its timeout) and serves its calls on 127.0.0.1: a call of a *trained* agent becomes the observation
 of a step (its context as token ids, through the model's chat template, tools included) and waits for the policy's
 action; the agent then receives a normal OpenAI response built from exactly those ids. Calls of other agents are
 answered by ``other_engine`` (or the same engine) and make no training rows.
@@ -16,23 +17,21 @@ Agent names: a call is tagged by the ``model`` it asks for (``llm.model_for("cri
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
-import inspect
 import queue
 import re
 import threading
 import time
-import traceback
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from agentgym.agent_process import AgentProcess, call_agent
 from agentgym.core import TokenEnv
-from agentgym.multi_agent import trainable_filter
 
 AGENT_HEADER = "X-Agent-Name"
 EPISODE_HEADER = "X-Agentgym-Episode"
@@ -153,7 +152,9 @@ class AgentEnv(TokenEnv):
 
     The episode ends when the agent returns (``terminated``), raises (``terminated``, ``info["error"]``, reward
     ``failure_reward``), or exceeds ``timeout_s`` (``truncated``, ``info["error"]``); its pending and later LLM
-    calls then fail, so an agent blocked on the LLM unwinds and its thread ends. An agent that returns without
+    calls then fail, so an agent blocked on the LLM unwinds and its thread ends. An agent that hangs elsewhere (a
+    blocking tool, an endless loop) can only be stopped with ``isolation="process"``: its worker is killed and
+    the next episode starts a new one. An agent that returns without
     a trained call gives ``reset`` an empty observation with ``info["episode_over"]``: step it once with an empty
     action to collect the outcome (collectors skip such episodes).
 
@@ -169,6 +170,15 @@ class AgentEnv(TokenEnv):
         timeout_s: the longest an episode may wait for the agent between two calls.
         max_context_tokens: as for every TokenEnv.
         served_model: the model name the endpoint serves.
+        isolation: ``"thread"`` (the agent runs in a thread of this process: no pickling, but an agent that hangs
+            outside its LLM calls cannot be stopped and its thread outlives the episode) or ``"process"`` (a
+            worker process per env, see :mod:`agentgym.agent_process`: an agent that overstays ``timeout_s`` is
+            killed, nothing outlives the episode; tasks and results must pickle).
+        start_method: how the worker process starts with ``isolation="process"``: ``spawn`` (default; the agent
+            must pickle, i.e. be a module-level function), ``forkserver`` or ``fork``.
+        stop_grace_s: when an episode ends while its agent still runs (a reset mid-episode), how long the agent
+            may take to unwind after its LLM calls start failing before its process is killed (process isolation)
+            or left to finish alone (thread isolation).
     """
 
     def __init__(
@@ -183,12 +193,21 @@ class AgentEnv(TokenEnv):
         timeout_s: float = 60.0,
         max_context_tokens: int = 4096,
         served_model: str = "policy",
+        isolation: str = "thread",
+        start_method: str = "spawn",
+        stop_grace_s: float = 5.0,
     ):
+        from agentgym.multi_agent import trainable_filter  # imported here: agent processes need no torch
+
         super().__init__(len(tokenizer), max_context_tokens=max_context_tokens, tokenizer=tokenizer)
         self.agent, self.tasks, self.engine = agent, tasks, engine
         self.is_trained = trainable_filter(train_agents)
         self.reward_fn, self.failure_reward, self.timeout_s = reward_fn, failure_reward, timeout_s
         self.served_model = served_model
+        if isolation not in ("thread", "process"):
+            raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+        self.isolation, self.stop_grace_s = isolation, float(stop_grace_s)
+        self._process: AgentProcess | None = AgentProcess(agent, start_method) if isolation == "process" else None
         from agentgym.chat import stop_token_ids
 
         self.stop_token_ids = stop_token_ids(tokenizer)
@@ -230,7 +249,12 @@ class AgentEnv(TokenEnv):
             return self.engine.generate([prompt_ids], params)[0][0]
         call = _Call(list(prompt_ids), params, name)
         ep.events.put(("call", call))
-        return call.future.result()
+        while True:  # a call queued just as the episode ended must not hold its server thread forever
+            try:
+                return call.future.result(timeout=0.5)
+            except FutureTimeout:
+                if ep.cancelled.is_set():
+                    raise _episode_over("this episode is over: the environment no longer answers its calls")
 
     # -- the episode ------------------------------------------------------------------------------------------
     def _pick_task(self, seed: int | None) -> Any:
@@ -242,16 +266,12 @@ class AgentEnv(TokenEnv):
 
     def _run(self, ep: _Episode, task: Any, llm: LLM) -> None:
         _current_episode.set(ep)
-        try:
-            if inspect.iscoroutinefunction(self.agent):
-                result = asyncio.run(self.agent(task, llm))
-            else:
-                result = self.agent(task, llm)
-            ep.events.put(("done", result))
-        except BaseException as e:  # noqa: BLE001 - the agent's failure ends its episode, never the trainer
-            ep.events.put(("error", "".join(traceback.format_exception_only(type(e), e)).strip()))
+        ep.events.put(call_agent(self.agent, task, llm))
 
-    def _stop_episode(self) -> None:
+    def _stop_episode(self, grace_s: float | None = None) -> None:
+        """End the current episode: fail its pending and later calls, then let its agent unwind for ``grace_s``
+        (default ``stop_grace_s``); with process isolation an agent still running after that is killed."""
+        grace_s = self.stop_grace_s if grace_s is None else grace_s
         ep, self._episode = self._episode, None
         if ep is None:
             return
@@ -266,8 +286,10 @@ class AgentEnv(TokenEnv):
                 break
             if kind == "call" and not item.future.done():
                 item.future.set_exception(_episode_over("episode ended"))
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        if self._process is not None:
+            self._process.finish(ep, grace_s)
+        elif self._thread is not None:
+            self._thread.join(timeout=grace_s)
         self._episodes.pop(ep.id, None)
         self._call = None
 
@@ -290,10 +312,13 @@ class AgentEnv(TokenEnv):
         self._episodes[ep.id] = ep
         self._episode = ep
         llm = LLM(self.base_url, self.served_model, episode_id=ep.id)
-        ctx = contextvars.copy_context()
-        self._thread = threading.Thread(target=ctx.run, args=(self._run, ep, task, llm), daemon=True)
         self._task = task
-        self._thread.start()
+        if self._process is not None:
+            self._process.run(ep, task, llm)
+        else:
+            ctx = contextvars.copy_context()
+            self._thread = threading.Thread(target=ctx.run, args=(self._run, ep, task, llm), daemon=True)
+            self._thread.start()
         kind, item = self._next_event(ep)
         if kind == "call":
             self._call = item
@@ -359,12 +384,14 @@ class AgentEnv(TokenEnv):
                 reward += float(item)
             self._stop_episode()
             return empty, reward, True, False, {"result": item}
-        self._stop_episode()
+        self._stop_episode(grace_s=0.0 if kind == "timeout" else None)  # a timed-out agent gets no more time
         info = {"error": _error(kind, item)}
         return empty, reward + self.failure_reward, kind == "error", kind == "timeout", info
 
     def close(self) -> None:
         self._stop_episode()
+        if self._process is not None:
+            self._process.close()
         if self._server is not None:
             self._server.stop()
             self._server = None

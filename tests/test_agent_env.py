@@ -148,8 +148,10 @@ def test_selective_optimization_by_agent_name(tiny_policy):
 
 
 @pytest.mark.slow
-def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy):
-    """A few GRPO steps on an agent program; the batch rows are exactly the engine's samples."""
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy, isolation):
+    """A few GRPO steps on an agent program (in a thread, or in worker processes); the batch rows are exactly
+    the engine's samples."""
     from agentgym.batch import to_batch
     from agentgym.tiny import make_tiny_policy
     from agentgym.trainer import TrainConfig, Trainer
@@ -157,7 +159,8 @@ def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy):
     model, tok = make_tiny_policy(seed=3)
     tasks = [{"a": a, "b": b} for a in range(3) for b in range(3)]
     agentgym.register("test/ToolAgent-v0", lambda tokenizer, max_context_tokens=4096, engine=None: AgentEnv(
-        tool_agent, tasks, tokenizer, engine=engine, max_context_tokens=max_context_tokens, timeout_s=60))
+        tool_agent, tasks, tokenizer, engine=engine, max_context_tokens=max_context_tokens, timeout_s=60,
+        isolation=isolation))
     try:
         cfg = TrainConfig(env="test/ToolAgent-v0", algo="grpo", algo_kwargs={"kl_coef": 0.0}, iterations=2,
                           groups_per_iteration=2, group_size=2, max_new_tokens=6, lr=1e-3, run_dir=str(tmp_path),

@@ -1,0 +1,204 @@
+"""Run agent programs in a child process that can be killed: :class:`AgentProcess`.
+
+An agent that hangs outside its LLM calls (a blocking tool, an endless loop) cannot be stopped in a thread; in a
+process it can. :class:`~agentgym.agent_env.AgentEnv` with ``isolation="process"`` keeps one worker process per
+env and runs its episodes there one after another; a worker whose agent overstays is killed and the next episode
+starts a fresh one.
+
+The agent still reaches the policy over HTTP (``llm.base_url`` with the episode's headers), so only three things
+cross the pipe: the task and :class:`~agentgym.agent_env.LLM` going in, :func:`~agentgym.agent_env.emit_reward`
+values coming out (each acknowledged before the agent goes on, so a reward is always recorded before the agent's
+next LLM call), and the agent's result or error at the end. Tasks and results must pickle; with the ``spawn`` or
+``forkserver`` start method so must the agent (a module-level function).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import multiprocessing
+import pickle
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+START_METHODS = ("spawn", "forkserver", "fork")
+
+
+def call_agent(agent: Callable[..., Any], task: Any, llm: Any) -> tuple[str, Any]:
+    """Run one episode of ``agent``: ``("done", result)``, or ``("error", message)`` when it raised."""
+    try:
+        return "done", (asyncio.run(agent(task, llm)) if inspect.iscoroutinefunction(agent) else agent(task, llm))
+    except BaseException as e:  # noqa: BLE001 - the agent's failure ends its episode, never the trainer
+        return "error", "".join(traceback.format_exception_only(type(e), e)).strip()
+
+
+class _RemoteEpisode:
+    """The episode as the agent's process sees it: :func:`emit_reward` sends the value and waits for the ack."""
+
+    def __init__(self, conn: Any, episode_id: str, lock: threading.Lock):
+        self.conn, self.id, self.lock = conn, episode_id, lock
+
+    def emit(self, value: float) -> None:
+        with self.lock:
+            self.conn.send(("reward", self.id, float(value)))
+            self.conn.recv()
+
+
+def _worker_main(conn: Any, agent: Callable[..., Any]) -> None:
+    """The worker process: run one episode per ``("run", id, task, llm)`` message until ``("close",)`` or EOF."""
+    from agentgym.agent_env import _current_episode
+
+    lock = threading.Lock()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] != "run":
+            return
+        _, episode_id, task, llm = msg
+        token = _current_episode.set(_RemoteEpisode(conn, episode_id, lock))
+        try:
+            kind, item = call_agent(agent, task, llm)
+        finally:
+            _current_episode.reset(token)
+        reply = (kind, episode_id, item)
+        with lock:
+            try:
+                conn.send(reply)
+            except Exception as e:  # noqa: BLE001 - e.g. a result that does not pickle
+                conn.send(("error", episode_id, f"the agent's result could not be sent back from its process: "
+                                                f"{type(e).__name__}: {e}"))
+
+
+class AgentProcess:
+    """A worker process that runs an agent's episodes one at a time, and the thread that listens to it.
+
+    Args:
+        agent: ``agent(task, llm)`` or an ``async`` function.
+        start_method: ``spawn`` (default: safe in a process that runs threads and torch), ``forkserver`` or
+            ``fork`` (no pickling of the agent; only safe when the parent holds no locks other threads may own).
+    """
+
+    def __init__(self, agent: Callable[..., Any], start_method: str = "spawn"):
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+        if start_method != "fork":
+            try:
+                pickle.dumps(agent)
+            except Exception as e:
+                raise ValueError(
+                    f"isolation='process' with start_method={start_method!r} sends the agent to a new process, "
+                    f"and {agent!r} does not pickle ({type(e).__name__}: {e}); define it at module level, "
+                    "use start_method='fork', or isolation='thread'"
+                ) from None
+        self.agent, self.start_method = agent, start_method
+        self._ctx = multiprocessing.get_context(start_method)
+        self._proc: Any = None
+        self._conn: Any = None
+        self._listener: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._episode: Any = None
+        self.started = 0
+        """How many worker processes were started (a new one after each kill)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (None before the first episode and after a kill)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def alive(self) -> bool:
+        """Whether the worker process is running."""
+        return self._proc is not None and self._proc.is_alive()
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.agent), daemon=True, name="agentgym-agent")
+        proc.start()
+        child.close()
+        self.started += 1
+        self._proc, self._conn = proc, parent
+        self._listener = threading.Thread(target=self._listen, args=(proc, parent), daemon=True,
+                                          name="agentgym-agent-listener")
+        self._listener.start()
+
+    def run(self, episode: Any, task: Any, llm: Any) -> None:
+        """Start ``episode`` (an :class:`agentgym.agent_env._Episode`) in the worker; its events arrive on
+        ``episode.events`` as in a thread: ``("done", result)`` or ``("error", message)``."""
+        if not self.alive():
+            self.kill()  # a worker that died on its own: release its pipe and listener
+            self._start()
+        self._episode = episode
+        try:
+            with self._send_lock:
+                self._conn.send(("run", episode.id, task, llm))  # pickles first: nothing is sent on failure
+        except Exception as e:  # noqa: BLE001 - a task that does not pickle ends its episode
+            self._episode = None
+            episode.events.put(("error", f"the task could not be sent to the agent's process: "
+                                         f"{type(e).__name__}: {e}"))
+
+    def _listen(self, proc: Any, conn: Any) -> None:
+        """Forward the worker's messages to the running episode until the worker exits."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            ep = self._episode
+            current = ep is not None and ep.id == msg[1]
+            if msg[0] == "reward":
+                if current:
+                    ep.emit(msg[2])
+                with self._send_lock:
+                    try:
+                        conn.send(("ack",))
+                    except OSError:
+                        break
+            elif current:
+                self._episode = None
+                ep.events.put((msg[0], msg[2]))
+        proc.join(timeout=1.0)
+        ep = self._episode
+        if ep is not None and self._proc is proc:
+            self._episode = None
+            ep.events.put(("error", f"the agent's process exited with code {proc.exitcode}"))
+
+    def finish(self, episode: Any, grace_s: float) -> None:
+        """End ``episode``: wait up to ``grace_s`` for its agent to return, else kill the worker."""
+        if self._episode is not episode:
+            return
+        deadline = time.monotonic() + max(0.0, grace_s)
+        while self._episode is episode and self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._episode is episode:
+            self.kill()
+
+    def kill(self) -> None:
+        """Kill the worker (its episode, if any, is dropped); the next :meth:`run` starts a new one."""
+        proc, conn, listener = self._proc, self._conn, self._listener
+        self._episode = None
+        self._proc = self._conn = self._listener = None
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5.0)
+        conn.close()
+        if listener is not None:
+            listener.join(timeout=5.0)
+
+    def close(self) -> None:
+        """Stop the worker: ask it to exit, then kill it if it does not."""
+        proc = self._proc
+        if proc is None:
+            return
+        if self._episode is None and proc.is_alive():
+            try:
+                with self._send_lock:
+                    self._conn.send(("close",))
+                proc.join(timeout=2.0)
+            except OSError:
+                pass
+        self.kill()
