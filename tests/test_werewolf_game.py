@@ -83,6 +83,8 @@ def test_custom_roles_and_validation():
     assert game.request.kind == "kill"  # one werewolf: no pack talk
     with pytest.raises(ValueError, match="unknown roles"):
         WerewolfConfig(roles={"werewolf": 1, "hunter": 3})
+    with pytest.raises(ValueError, match="whole number of players.*space after each colon"):
+        WerewolfConfig(roles={"werewolf:1": None, "villager:3": None})  # what YAML makes of '{werewolf:1, ...}'
     with pytest.raises(ValueError, match="outnumber"):
         WerewolfConfig(roles={"werewolf": 2, "villager": 2})
     with pytest.raises(ValueError, match="at least one werewolf"):

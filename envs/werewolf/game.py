@@ -116,7 +116,13 @@ class WerewolfConfig:
     """Shaping: added to each village player who voted for a werewolf that the vote eliminated."""
 
     def __post_init__(self) -> None:
-        roles = {str(k): int(v) for k, v in dict(self.roles).items()}
+        try:
+            roles = {str(k): int(v) for k, v in dict(self.roles).items()}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"roles must map each role to a whole number of players, got {dict(self.roles)!r}; on the "
+                "command line put a space after each colon: --env.roles '{werewolf: 1, seer: 1, villager: 3}'"
+            ) from None
         unknown = sorted(set(roles) - set(ROLES))
         if unknown:
             raise ValueError(f"unknown roles {unknown}; roles must be among {list(ROLES)}")
