@@ -171,7 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"agentgym: unknown command {argv[0]!r}.{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return cmd(argv[1:])
+    try:
+        return cmd(argv[1:])
+    except BrokenPipeError:  # the reader went away (`agentgym envs | head`): stop quietly, as Unix tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit-time flush of stdout would raise again
+        return 1
 
 
 if __name__ == "__main__":

@@ -110,3 +110,17 @@ def test_algos_command_lists_every_algorithm_with_its_description(capsys):
     assert set(listed) == set(list_algorithms()) | set(BEYOND_RL)
     for name in list_algorithms():
         assert listed[name] == DESCRIPTIONS[name]
+
+
+def test_cli_output_into_a_closed_pipe_stops_quietly():
+    import subprocess
+    import sys
+
+    # As in `agentgym algos | head -1` once head has exited: stdout is a pipe nobody reads, so writes fail with
+    # BrokenPipeError. The command stops without a traceback.
+    script = ("import os, sys\n"
+              "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+              "from agentgym.cli import main\n"
+              "sys.exit(main(['algos']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
