@@ -10,6 +10,9 @@ cross the pipe: the task and :class:`~agentgym.agent_env.LLM` going in, :func:`~
 values coming out (each acknowledged before the agent goes on, so a reward is always recorded before the agent's
 next LLM call), and the agent's result or error at the end. Tasks and results must pickle; with the ``spawn`` or
 ``forkserver`` start method so must the agent (a module-level function).
+
+The worker leads a process group of its own, so a kill also ends the programs its tools started. It is a daemon
+process: an agent may start subprocesses but not ``multiprocessing`` children of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import multiprocessing
+import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -50,6 +55,8 @@ def _worker_main(conn: Any, agent: Callable[..., Any]) -> None:
     """The worker process: run one episode per ``("run", id, task, llm)`` message until ``("close",)`` or EOF."""
     from agentgym.agent_env import _current_episode
 
+    if hasattr(os, "setsid"):
+        os.setsid()  # a process group of its own: a kill also takes the tools the agent started (subprocesses)
     lock = threading.Lock()
     while True:
         try:
@@ -182,6 +189,10 @@ class AgentProcess:
         self._proc = self._conn = self._listener = None
         if proc is None:
             return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and whatever it started
+        except (AttributeError, OSError):
+            pass
         if proc.is_alive():
             proc.kill()
         proc.join(timeout=5.0)

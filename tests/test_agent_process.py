@@ -39,6 +39,24 @@ def hanging_agent(task, llm):
     time.sleep(3600)
 
 
+def tool_starting_agent(task, llm):
+    """Starts a long-running tool program, records its pid, then hangs waiting for it."""
+    import subprocess
+
+    tool = subprocess.Popen(["sleep", "3600"])
+    with open(task, "w") as f:
+        f.write(str(tool.pid))
+    tool.wait()
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
 def hang_before_any_call(task, llm):
     time.sleep(3600)
 
@@ -123,6 +141,24 @@ def test_hung_agent_is_killed_and_training_goes_on(tiny_tokenizer):
     while threading.active_count() > threads_before and time.time() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= threads_before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_killing_a_hung_agent_also_ends_the_programs_it_started(tiny_tokenizer, tmp_path):
+    pid_file = tmp_path / "tool.pid"
+    env = AgentEnv(tool_starting_agent, [str(pid_file)], tiny_tokenizer, isolation="process", timeout_s=1.0)
+    try:
+        obs, info = env.reset(seed=0)
+        assert info["episode_over"] and "within 1.0 s" in info["error"]
+        tool_pid = int(pid_file.read_text())
+        assert _running(tool_pid)  # the episode is not over until it is stepped: the tool still runs
+        env.step([])
+        deadline = time.time() + 10
+        while _running(tool_pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _running(tool_pid)
+    finally:
+        env.close()
 
 
 def test_process_failures_end_the_episode(tiny_tokenizer):
