@@ -5,6 +5,7 @@
 - :func:`execution_match` / :func:`results_match`: the official execution-accuracy rules.
 - :class:`SQLSandbox`: read-only, time- and row-limited execution of untrusted SQL.
 - :func:`serialize_schema`: the schema as CREATE TABLE statements, with optional sample rows.
+- :mod:`.demonstrations`: gold queries as SFT data (``python -m agentgym.envs.spider_sql.demonstrations``).
 """
 
 from agentgym.envs.spider_sql.data import (

@@ -6,6 +6,8 @@
 - :mod:`.env`: :class:`WerewolfEnv` (several LLM seats, token ids, one seat acting at a time),
   :class:`WerewolfTextEnv` (the same in chat messages) and :class:`WerewolfMessageEnv` (one LLM seat among
   scripted players; registered as ``agentgym/Werewolf-v0``).
+- :mod:`.demonstrations`: :func:`~.demonstrations.teacher_games`, a scripted agent's games in a learner's seat as
+  SFT data (``python -m agentgym.envs.werewolf.demonstrations``).
 - :mod:`.pettingzoo`: :class:`~.pettingzoo.WerewolfAECEnv`, a PettingZoo AEC view (needs ``pettingzoo``).
 """
 
