@@ -173,7 +173,7 @@ class AgentEnv(TokenEnv):
         isolation: ``"thread"`` (the agent runs in a thread of this process: no pickling, but an agent that hangs
             outside its LLM calls cannot be stopped and its thread outlives the episode) or ``"process"`` (a
             worker process per env, see :mod:`agentgym.agent_process`: an agent that overstays ``timeout_s`` is
-            killed, nothing outlives the episode; tasks and results must pickle).
+            killed with the programs it started; tasks and results must pickle).
         start_method: how the worker process starts with ``isolation="process"``: ``spawn`` (default; the agent
             must pickle, i.e. be a module-level function), ``forkserver`` or ``fork``.
         stop_grace_s: when an episode ends while its agent still runs (a reset mid-episode), how long the agent

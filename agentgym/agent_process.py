@@ -11,8 +11,10 @@ values coming out (each acknowledged before the agent goes on, so a reward is al
 next LLM call), and the agent's result or error at the end. Tasks and results must pickle; with the ``spawn`` or
 ``forkserver`` start method so must the agent (a module-level function).
 
-The worker leads a process group of its own, so a kill also ends the programs its tools started. It is a daemon
-process: an agent may start subprocesses but not ``multiprocessing`` children of its own.
+The worker leads a process group of its own, so a kill also ends the programs its tools started, and it kills that
+group itself when the process that started it dies. It is a daemon process: an agent may start subprocesses but
+not ``multiprocessing`` children of its own. A worker starts (imports included) before its first episode's clock
+does.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
 from typing import Any, Callable
 
 START_METHODS = ("spawn", "forkserver", "fork")
+_START_LOCK = threading.Lock()
 
 
 def call_agent(agent: Callable[..., Any], task: Any, llm: Any) -> tuple[str, Any]:
@@ -44,20 +48,41 @@ class _RemoteEpisode:
 
     def __init__(self, conn: Any, episode_id: str, lock: threading.Lock):
         self.conn, self.id, self.lock = conn, episode_id, lock
+        self.closed = False
 
     def emit(self, value: float) -> None:
         with self.lock:
+            if self.closed:  # e.g. a thread the agent left running: the pipe now belongs to the next episode
+                raise RuntimeError("emit_reward() called after the agent returned: its episode is over")
             self.conn.send(("reward", self.id, float(value)))
             self.conn.recv()
 
 
-def _worker_main(conn: Any, agent: Callable[..., Any]) -> None:
+def _orphan_watch(trainer_pid: int) -> None:
+    """End the worker's whole process group once the process that started it is gone (it was killed, say, and
+    never got to kill the worker): a hung agent and its tools must not outlive the trainer."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(trainer_pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            continue
+    if hasattr(os, "killpg"):
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
+def _worker_main(conn: Any, agent: Callable[..., Any], trainer_pid: int) -> None:
     """The worker process: run one episode per ``("run", id, task, llm)`` message until ``("close",)`` or EOF."""
     from agentgym.agent_env import _current_episode
 
     if hasattr(os, "setsid"):
         os.setsid()  # a process group of its own: a kill also takes the tools the agent started (subprocesses)
+    threading.Thread(target=_orphan_watch, args=(trainer_pid,), daemon=True).start()
     lock = threading.Lock()
+    conn.send(("ready",))  # imports done: the episode clock may start
     while True:
         try:
             msg = conn.recv()
@@ -66,13 +91,15 @@ def _worker_main(conn: Any, agent: Callable[..., Any]) -> None:
         if msg[0] != "run":
             return
         _, episode_id, task, llm = msg
-        token = _current_episode.set(_RemoteEpisode(conn, episode_id, lock))
+        remote = _RemoteEpisode(conn, episode_id, lock)
+        token = _current_episode.set(remote)
         try:
             kind, item = call_agent(agent, task, llm)
         finally:
             _current_episode.reset(token)
         reply = (kind, episode_id, item)
         with lock:
+            remote.closed = True
             try:
                 conn.send(reply)
             except Exception as e:  # noqa: BLE001 - e.g. a result that does not pickle
@@ -87,12 +114,21 @@ class AgentProcess:
         agent: ``agent(task, llm)`` or an ``async`` function.
         start_method: ``spawn`` (default: safe in a process that runs threads and torch), ``forkserver`` or
             ``fork`` (no pickling of the agent; only safe when the parent holds no locks other threads may own).
+        start_timeout_s: the longest a new worker may take to start (imports included; not counted against the
+            agent's own timeout).
     """
 
-    def __init__(self, agent: Callable[..., Any], start_method: str = "spawn"):
+    def __init__(self, agent: Callable[..., Any], start_method: str = "spawn", start_timeout_s: float = 120.0):
         if start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
         if start_method != "fork":
+            main = sys.modules.get("__main__")
+            if getattr(agent, "__module__", None) == "__main__" and not getattr(main, "__file__", None):
+                raise ValueError(
+                    f"isolation='process' with start_method={start_method!r} imports the agent in a new process, "
+                    f"and {agent!r} was defined interactively (a notebook or REPL); define it in a module, use "
+                    "start_method='fork', or isolation='thread'"
+                )
             try:
                 pickle.dumps(agent)
             except Exception as e:
@@ -101,7 +137,7 @@ class AgentProcess:
                     f"and {agent!r} does not pickle ({type(e).__name__}: {e}); define it at module level, "
                     "use start_method='fork', or isolation='thread'"
                 ) from None
-        self.agent, self.start_method = agent, start_method
+        self.agent, self.start_method, self.start_timeout_s = agent, start_method, float(start_timeout_s)
         self._ctx = multiprocessing.get_context(start_method)
         self._proc: Any = None
         self._conn: Any = None
@@ -121,12 +157,24 @@ class AgentProcess:
         return self._proc is not None and self._proc.is_alive()
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.agent), daemon=True, name="agentgym-agent")
-        proc.start()
-        child.close()
+        with _START_LOCK:  # a worker forked meanwhile by another env would inherit this child end of the pipe
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=_worker_main, args=(child, self.agent, os.getpid()), daemon=True,
+                                     name="agentgym-agent")
+            proc.start()
+            child.close()
         self.started += 1
         self._proc, self._conn = proc, parent
+        # Wait for the worker's imports here, so that they never count against the agent's timeout.
+        ready = False
+        try:
+            ready = parent.poll(self.start_timeout_s) and parent.recv() == ("ready",)
+        except (EOFError, OSError):
+            pass
+        if not ready:
+            self.kill()
+            raise RuntimeError(f"the agent's worker process did not start within {self.start_timeout_s} s "
+                               f"(exit code {proc.exitcode}); see its output above")
         self._listener = threading.Thread(target=self._listen, args=(proc, parent), daemon=True,
                                           name="agentgym-agent-listener")
         self._listener.start()
@@ -153,6 +201,13 @@ class AgentProcess:
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception as e:  # noqa: BLE001 - a result this process cannot unpickle; the stream is intact
+                ep = self._episode
+                if ep is not None:
+                    self._episode = None
+                    ep.events.put(("error", f"the agent's result could not be read from its process: "
+                                            f"{type(e).__name__}: {e}"))
+                continue
             ep = self._episode
             current = ep is not None and ep.id == msg[1]
             if msg[0] == "reward":
@@ -166,6 +221,7 @@ class AgentProcess:
             elif current:
                 self._episode = None
                 ep.events.put((msg[0], msg[2]))
+        _kill_group(proc)  # the tools it left behind; before the join, while its pid cannot be reused
         proc.join(timeout=1.0)
         ep = self._episode
         if ep is not None and self._proc is proc:
@@ -189,10 +245,7 @@ class AgentProcess:
         self._proc = self._conn = self._listener = None
         if proc is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker and whatever it started
-        except (AttributeError, OSError):
-            pass
+        _kill_group(proc)  # the worker and whatever it started
         if proc.is_alive():
             proc.kill()
         proc.join(timeout=5.0)
@@ -213,3 +266,14 @@ class AgentProcess:
             except OSError:
                 pass
         self.kill()
+
+
+def _kill_group(proc: Any) -> None:
+    """SIGKILL the process group ``proc`` leads, unless ``proc`` was already reaped (its pid may be reused)."""
+    popen = getattr(proc, "_popen", None)
+    if popen is None or popen.returncode is not None:  # not started, or reaped (read without reaping it now)
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (AttributeError, OSError):
+        pass

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agentgym.models import is_hf_model_dir
+
 EVAL_SEED = 10_000_019
 """Default seed of the first evaluation task (the same held-out tasks as :func:`agentgym.trainer.evaluate`)."""
 
@@ -55,14 +57,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _is_hf_model_dir(path: Path) -> bool:
-    if not (path / "config.json").is_file():
-        return False
-    try:
-        conf = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError:
-        return False
-    return "model_type" in conf or "architectures" in conf
+
 
 
 def _load_from_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -92,11 +87,11 @@ def load_policy(path: str) -> tuple[Any, Any, dict[str, Any]]:
     from agentgym.models import load_model
 
     p = Path(path).expanduser()
-    if p.is_dir() and not _is_hf_model_dir(p):
+    if p.is_dir() and not is_hf_model_dir(p):
         conf: dict[str, Any] = {}
         if (p / "config.json").is_file():
             conf = json.loads((p / "config.json").read_text())
-        if _is_hf_model_dir(p / "model"):  # a run directory with an exported policy
+        if is_hf_model_dir(p / "model"):  # a run directory with an exported policy
             model, tok = load_model(str(p / "model"))
             return model, tok, conf
         if (p / "state.json").is_file() or (p / "latest").is_file() or (p / "checkpoints").is_dir():
@@ -374,6 +369,6 @@ def _tokenizer_source(path: str, run_conf: dict[str, Any]) -> str:
     """Where `agentgym inspect` can load the policy's tokenizer from: a run's exported model/, else the model the
     run or checkpoint was trained from, else what was given."""
     p = Path(path)
-    if p.is_dir() and _is_hf_model_dir(p / "model"):
+    if p.is_dir() and is_hf_model_dir(p / "model"):
         return str(p / "model")
     return str(run_conf.get("model") or path) if run_conf else path

@@ -13,6 +13,7 @@ The name ``"tiny"`` gives the tiny random model of :mod:`agentgym.tiny` (for tes
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -121,6 +122,8 @@ def _resolve(name: str, *, tokenizer_only: bool) -> str:
     if name == DEFAULT_MODEL:
         return str(default_model_dir(tokenizer_only=tokenizer_only))
     path = Path(name).expanduser()
+    if path.is_dir() and not is_hf_model_dir(path) and is_hf_model_dir(path / "model"):
+        path = path / "model"  # a training run's directory: its exported policy
     if path.exists():
         if not (path / "config.json").is_file() and not tokenizer_only:
             raise FileNotFoundError(
@@ -128,8 +131,23 @@ def _resolve(name: str, *, tokenizer_only: bool) -> str:
                 f"a hub id, or {DEFAULT_MODEL!r}."
             )
         return str(path)
+    head = Path(name).parts[0] if Path(name).parts else ""
+    if len(Path(name).parts) > 1 and (name.startswith((".", "/", "~")) or Path(head).is_dir()):
+        raise FileNotFoundError(f"no model at {name}: the path does not exist ({head}/ does, so it is not a hub id)")
     # Anything else is handed to transformers as a hub id (it explains what it could not find).
     return name
+
+
+def is_hf_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hugging Face model directory (a config.json naming a model type or architecture)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        conf = json.loads(config.read_text())
+    except json.JSONDecodeError:
+        return False
+    return isinstance(conf, dict) and ("model_type" in conf or "architectures" in conf)
 
 
 @contextlib.contextmanager

@@ -69,6 +69,25 @@ def unsendable_result(task, llm):
     return threading.Lock()
 
 
+def _fail_on_load():
+    raise RuntimeError("this object cannot be rebuilt here")
+
+
+class Unloadable:
+    """Pickles in the worker, fails to unpickle in the trainer."""
+
+    def __reduce__(self):
+        return _fail_on_load, ()
+
+
+def unloadable_result(task, llm):
+    return Unloadable()
+
+
+def quick_agent(task, llm):
+    return 3.0
+
+
 def raising_agent(task, llm):
     raise KeyError("no such tool")
 
@@ -166,6 +185,7 @@ def test_process_failures_end_the_episode(tiny_tokenizer):
         (hang_before_any_call, "within 0.5 s"),
         (exiting_agent, "exited with code 3"),
         (unsendable_result, "could not be sent back from its process"),
+        (unloadable_result, "could not be read from its process: RuntimeError: this object cannot be rebuilt"),
         (raising_agent, "KeyError: 'no such tool'"),
     ]
     for agent, message in cases:
@@ -204,3 +224,49 @@ def test_process_isolation_errors(tiny_tokenizer):
         assert info["episode_over"] and "task could not be sent" in info["error"]
     finally:
         env.close()
+
+
+def test_worker_start_does_not_count_against_the_timeout(tiny_tokenizer):
+    # Starting a worker (a new interpreter importing this module) takes far longer than 0.2 s.
+    env = AgentEnv(quick_agent, [{}], tiny_tokenizer, isolation="process", timeout_s=0.2)
+    try:
+        obs, info = env.reset(seed=0)
+        assert info["episode_over"] and info["error"] is None
+        _, r, term, _, _ = env.step([])
+        assert term and r == 3.0
+    finally:
+        env.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_die_with_the_trainer(tmp_path):
+    """A trainer killed with SIGKILL cannot kill its workers: they notice and end themselves and their tools."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "tool.pid"
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from agentgym.agent_env import AgentEnv\n"
+        "from agentgym.tiny import make_tiny_tokenizer\n"
+        "from test_agent_process import tool_starting_agent\n"
+        f"env = AgentEnv(tool_starting_agent, [{str(pid_file)!r}], make_tiny_tokenizer(), isolation='process',"
+        " timeout_s=600)\n"
+        "env.reset(seed=0)\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        tool_pid = int(pid_file.read_text())
+        assert _running(tool_pid)
+    finally:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+    deadline = time.time() + 15
+    while _running(tool_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(tool_pid)
