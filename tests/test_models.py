@@ -122,3 +122,21 @@ def test_embedded_default_model_answers():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:])
     assert models.default_tokenizer().encode("hello") == tok.encode("hello")
+
+
+def test_a_run_directory_loads_as_its_exported_model(tmp_path, monkeypatch):
+    import json
+
+    from agentgym.models import load_model
+    from agentgym.tiny import make_tiny_policy
+
+    model, tok = make_tiny_policy(seed=0)
+    run = tmp_path / "runs" / "r1"
+    model.save_pretrained(run / "model")
+    tok.save_pretrained(run / "model")
+    (run / "config.json").write_text(json.dumps({"env": "agentgym/GuessNumber-v0", "algo": "grpo"}))  # the run's
+    loaded, _ = load_model(str(run))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model at runs/r2: the path does not exist"):
+        load_model("runs/r2")  # a typo in a local path is not sent to a model hub
