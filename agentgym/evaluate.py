@@ -57,9 +57,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-
-
-
 def _load_from_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     from agentgym.checkpoint import load_checkpoint, resolve_checkpoint
     from agentgym.models import DEFAULT_MODEL, load_model

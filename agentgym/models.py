@@ -131,9 +131,10 @@ def _resolve(name: str, *, tokenizer_only: bool) -> str:
                 f"a hub id, or {DEFAULT_MODEL!r}."
             )
         return str(path)
-    head = Path(name).parts[0] if Path(name).parts else ""
-    if len(Path(name).parts) > 1 and (name.startswith((".", "/", "~")) or Path(head).is_dir()):
-        raise FileNotFoundError(f"no model at {name}: the path does not exist ({head}/ does, so it is not a hub id)")
+    parts = Path(name).parts
+    if len(parts) > 1 and (name.startswith((".", "/", "~")) or Path(parts[0]).is_dir()):
+        # A local path (its first folder exists here), not a hub id: do not send it to a model hub.
+        raise FileNotFoundError(f"no model at {name}: the path does not exist")
     # Anything else is handed to transformers as a hub id (it explains what it could not find).
     return name
 
