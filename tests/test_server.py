@@ -316,3 +316,85 @@ def test_render_chat_passes_tools_to_templates_that_render_them(policy):
     text = render_chat(tok, [{"role": "user", "content": [{"type": "text", "text": "parts"}]}], [WEATHER_TOOL])
     assert text.startswith("<|im_start|>system\n" + tools_system_prompt([WEATHER_TOOL]))
     assert "parts" in text
+
+
+# A lone surrogate survives json.loads (JSON allows \ud800 escapes) but is not text: no tokenizer can encode it.
+LONE_SURROGATES = [
+    ("/chat/completions", {"messages": [{"role": "user", "content": "\ud800x"}]}, "'messages[0].content'"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\udfff"}]}]},
+     "'messages[0].content[0].text'"),
+    ("/chat/completions", {"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"city": "\ud83d"}'}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "ok"}]},
+     "'messages[1].tool_calls[0].function.arguments'"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                           "tools": [{"type": "function", "function": {"name": "f", "description": "\udc00"}}]},
+     "'tools[0].function.description'"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": "\ud800"}, "'stop'"),
+    ("/completions", {"prompt": "x", "stop": ["ok", "\udfff"]}, "'stop[1]'"),
+    ("/completions", {"prompt": "\udfff"}, "'prompt'"),
+    ("/completions", {"prompt": ["fine", "\ud800"]}, "'prompt[1]'"),
+    ("/completions", {"prompt": "x", "\ud800": 1}, "A key of the request body"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "where"), LONE_SURROGATES)
+def test_text_that_is_not_unicode_is_a_400(server, path, body, where):
+    r = _raw(server, path, json.dumps({"model": "tiny", "max_tokens": 2, **body}).encode())
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert where in error["message"] and "lone surrogate" in error["message"]
+    assert error["type"] == "invalid_request_error"
+    # The same text as raw bytes (a surrogate written in UTF-8's encoding scheme, which UTF-8 forbids).
+    raw = json.dumps({"model": "tiny", "max_tokens": 2, **body}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    r = _raw(server, path, raw)
+    assert r.status_code == 400 and where in r.json()["error"]["message"]
+
+
+def test_surrogate_pairs_and_other_odd_text_are_answered(server, client):
+    content = "\ud83d\ude00 e\u0301 \u202eRTL\u202c \x00 \U0010ffff \ufeff"
+    r = _raw(server, "/chat/completions", json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 2}).encode())
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["token_ids"]
+    r = client.completions.create(model="tiny", prompt="\U0001f600\x00", max_tokens=2, stop=["\u05e9"])
+    assert r.choices[0].model_extra["token_ids"]
+
+
+def _local_port(response: httpx.Response) -> int:
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_the_connection_survives_every_error_response(engine):
+    """A 4xx or 5xx answer leaves the keep-alive connection open: the next request on it is answered."""
+    def handler(prompt_ids, params, info):
+        if info.body.get("user") == "boom":
+            raise RuntimeError("the handler failed")
+        return Completion(token_ids=[5], logprobs=[-1.0], finish_reason="length", text="x")
+
+    good = {"model": "tiny", "prompt": "hi", "max_tokens": 1}
+    bad = [
+        ("POST", "/chat/completions", json.dumps({"model": "tiny", "messages": [
+            {"role": "user", "content": "\ud800x"}]}).encode(), 400),
+        ("POST", "/completions", json.dumps({"model": "tiny", "prompt": "\udfff"}).encode(), 400),
+        ("POST", "/completions", b"{not json", 400),
+        ("POST", "/completions", b"[" * 100_000, 400),
+        ("POST", "/completions", json.dumps({**good, "model": "gpt-4"}).encode(), 404),
+        ("GET", "/no/such/path", b"", 404),
+        ("GET", "/completions", b"", 405),
+        ("POST", "/completions", json.dumps({**good, "user": "boom"}).encode(), 500),
+    ]
+    with start_server(create_app(engine, "tiny", handler=handler)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as http:
+        ports = set()
+        for method, path, content, status in bad:
+            r = http.request(method, path, content=content, headers={"content-type": "application/json"})
+            assert r.status_code == status, (path, content[:40], r.text)
+            assert r.json()["error"]["message"] and r.headers.get("connection") != "close"
+            ports.add(_local_port(r))
+            ok = http.post("/completions", json=good)
+            assert ok.status_code == 200 and ok.json()["choices"][0]["token_ids"] == [5]
+            ports.add(_local_port(ok))
+        assert len(ports) == 1  # every request went over the one connection

@@ -25,6 +25,17 @@ sampling parameters into one ``generate`` call (requests with a ``seed`` run alo
 completion). A ``handler`` passed to :func:`create_app` replaces the engine for every request and is called
 concurrently from worker threads; it must be thread-safe. Streaming sends a completion token by token once it has
 been generated whole.
+
+Errors: every error answer is an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``: 400 for a
+request that cannot be served as sent, 404 for an unknown model or path, 405 for a wrong method, and 500 only when
+the server itself fails (the engine or a handler raised). No error closes the keep-alive connection.
+
+Text that is not valid Unicode is rejected, not replaced: a lone surrogate in any string of the body, keys included
+(JSON can escape one, ``"\\ud800"``; no tokenizer can encode one), is a 400 that names the field, e.g.
+``'messages[0].content' is not valid Unicode``. So are bodies that are not JSON text (UTF-8, or UTF-16/32), ``NaN``
+and ``Infinity`` (not JSON numbers), integers of more than 4300 digits, and nesting deeper than :data:`MAX_NESTING`
+levels. NUL, combining marks, bidirectional controls, noncharacters and every other code point are text like any
+other. See docs/server.md.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import logging
 import queue
 import re
 import threading
@@ -45,10 +57,18 @@ from typing import Any
 from agentgym.engines.base import Completion, Engine, SamplingParams
 
 try:
+    from jinja2 import TemplateError
+except ImportError:  # pragma: no cover - jinja2 comes with transformers' chat templates
+    TemplateError = RuntimeError  # type: ignore[assignment,misc]
+
+try:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - fastapi is a dependency of agentgym
     raise ImportError("The agentgym server needs fastapi and uvicorn: pip install fastapi uvicorn") from exc
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -242,12 +262,13 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
         out: dict[str, Any] = {"role": role, "content": content}
         calls = m.get("tool_calls") or []
         if role == "assistant" and calls:
+            _check_tool_calls(calls, f"messages[{i}].tool_calls")
             if native_calls:
                 out["tool_calls"] = calls
             else:
                 blocks = []
                 for call in calls:
-                    fn = call.get("function", {}) if isinstance(call, dict) else {}
+                    fn = call["function"]
                     args = fn.get("arguments", "{}")
                     try:
                         args = json.loads(args) if isinstance(args, str) else args
@@ -259,6 +280,8 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
         if role == "tool":
             if native_calls:
                 if "tool_call_id" in m:
+                    if not isinstance(m["tool_call_id"], str):
+                        raise RequestError(f"messages[{i}].tool_call_id must be a string.", param="messages")
                     out["tool_call_id"] = m["tool_call_id"]
             else:
                 out["content"] = f"<tool_response>\n{content}\n</tool_response>"
@@ -272,7 +295,23 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
     kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
     if tools and native_tools:
         kwargs["tools"] = tools
-    return tokenizer.apply_chat_template(rendered, **kwargs)
+    try:
+        return tokenizer.apply_chat_template(rendered, **kwargs)
+    except (TemplateError, TypeError, ValueError) as exc:
+        # Templates check the conversation themselves (roles that alternate, a first system message, ...).
+        raise RequestError(f"This model's chat template cannot render these messages: {exc}", param="messages") from exc
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    if not isinstance(calls, list):
+        raise RequestError(f"{where} must be a list of tool calls.", param="messages")
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RequestError(
+                f'{where}[{k}] must be an object like {{"type": "function", "function": {{"name": "...", '
+                f'"arguments": "{{...}}"}}}}, got {call!r:.80}.', param="messages",
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,6 +338,11 @@ def _kind_name(kinds: type | tuple) -> str:
     }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
+
+MIN_TEMPERATURE = 1e-6
+"""The smallest positive ``temperature`` accepted (0 is greedy decoding)."""
+MIN_TOP_P = 1e-6
+"""The smallest positive ``top_p`` accepted (any ``top_p`` this small keeps only the most likely token)."""
 
 _NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty": 1}
 """Sampling options the engines do not implement, accepted only at their neutral values."""
@@ -374,16 +418,29 @@ class _Server:
             base = stop_ids if stop_ids is not None else self.engine.eos_token_ids
             stop_ids = list(dict.fromkeys(list(base) + special_stops))
         top_k = _field(body, "top_k", int, 0)
+        seed = _field(body, "seed", int)
+        if seed is not None and not -(2**63) <= seed < 2**64:
+            raise RequestError(f"'seed' must be an integer in [-2**63, 2**64), got {seed}.", param="seed")
+        temperature = float(_field(body, "temperature", (int, float), 1.0))
+        top_p = float(_field(body, "top_p", (int, float), 1.0))
+        # Below these, float32 logits / temperature overflow and top-p's threshold rounds to 0: NaN logprobs.
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise RequestError(
+                f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {temperature!r}.",
+                param="temperature",
+            )
+        if 0 < top_p < MIN_TOP_P:
+            raise RequestError(f"'top_p' must be in [{MIN_TOP_P:g}, 1], got {top_p!r}.", param="top_p")
         try:
             return SamplingParams(
                 n=n,
-                temperature=float(_field(body, "temperature", (int, float), 1.0)),
-                top_p=float(_field(body, "top_p", (int, float), 1.0)),
+                temperature=temperature,
+                top_p=top_p,
                 top_k=0 if top_k == -1 else top_k,  # -1 is vLLM's spelling of "no top-k"
                 max_new_tokens=max_tokens,
                 stop_token_ids=stop_ids,
                 stop=stop,
-                seed=_field(body, "seed", int),
+                seed=seed,
             )
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
@@ -440,15 +497,66 @@ def _error(exc: RequestError) -> JSONResponse:
     )
 
 
+MAX_NESTING = 64
+"""The deepest nesting of objects and lists a request body may have."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _json_body(request: Request) -> dict:
     raw = await request.body()
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise RequestError(f"The request body is not valid JSON: it nests deeper than {MAX_NESTING} levels.") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, bytes that are not UTF-8, a 5000-digit int
         raise RequestError(f"The request body is not valid JSON: {exc}.") from exc
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.")
+    _check_text(body)
     return body
+
+
+def _check_text(body: dict) -> None:
+    """Reject a body holding text that is not valid Unicode (a lone surrogate) or nesting past ``MAX_NESTING``.
+
+    JSON lets a string escape a lone surrogate (``"\\ud800"``), and ``json.loads`` keeps it; no tokenizer can encode
+    it, and a reply cannot echo it as UTF-8. Every string (keys too) is checked, tokenized or not, so that a body is
+    accepted or rejected as a whole.
+    """
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            match = _SURROGATE.search(value)
+            if match:
+                raise RequestError(
+                    f"'{where}' is not valid Unicode: it holds a lone surrogate (U+{ord(match.group()):04X}) at "
+                    f"character {match.start()}. Send text as UTF-8; in JSON a \\uD800-\\uDFFF escape must be "
+                    "one half of a surrogate pair.", param=re.split(r"[.\[]", where, maxsplit=1)[0],
+                )
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_NESTING:
+            raise RequestError(f"The request body nests deeper than {MAX_NESTING} levels (at '{where}').")
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        for key, item in reversed(items):  # reversed: the first bad string in the body is the one reported
+            if isinstance(key, str):
+                match = _SURROGATE.search(key)
+                if match:
+                    raise RequestError(
+                        f"A key of the request body{f' under {where!r}' if where else ''} is not valid Unicode: it "
+                        f"holds a lone surrogate (U+{ord(match.group()):04X}). Send text as UTF-8."
+                    )
+                path = f"{where}.{key}" if where else key
+            else:
+                path = f"{where}[{key}]"
+            stack.append((item, path, depth + 1))
 
 
 def _text_deltas(tokenizer: Any, ids: list[int], final_text: str) -> Iterator[tuple[int, str]]:
@@ -466,6 +574,38 @@ def _text_deltas(tokenizer: Any, ids: list[int], final_text: str) -> Iterator[tu
     # Whatever decoding a prefix could not show (e.g. a last incomplete character).
     if sent < len(final_text):
         yield -1, final_text[sent:]
+
+
+class _AnswerFailures:
+    """ASGI middleware: an unexpected exception becomes a JSON 500 answer, and the connection stays open.
+
+    Without it, Starlette answers 500 and re-raises, and uvicorn then closes the connection, so the client's next
+    request on it fails. A failure after the response started (in a stream) still ends the connection: the status
+    line is gone.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - any failure of one request is answered, not fatal to others
+            if started:
+                raise
+            logger.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            message = f"The server failed on this request ({type(exc).__name__}: {exc})."
+            await _error(RequestError(message, status=500))(scope, receive, send)
 
 
 def _sse(obj: dict | str) -> str:
@@ -504,10 +644,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.agentgym = state
+    app.add_middleware(_AnswerFailures)
 
     @app.exception_handler(RequestError)
     async def _on_request_error(request: Request, exc: RequestError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and methods get the same error body as every other error.
+        response = _error(RequestError(str(exc.detail), status=exc.status_code))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.get("/v1/models")
     async def list_models() -> dict:
@@ -528,6 +676,7 @@ def create_app(
         if len(prompts) > 1 and info.cache_key is not None:
             raise RequestError("'cache_key' applies to one prompt; send one prompt per request.", param="cache_key")
         params = [state.sampling_params(body, len(p), 16, chat=False) for p in prompts]
+        include_usage = _include_usage(body)
         want_logprobs = body.get("logprobs") is not None and body.get("logprobs") is not False
         results = await asyncio.gather(*(state.run(p, sp, info) for p, sp in zip(prompts, params)))
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -548,7 +697,6 @@ def create_app(
                     "text_offset": offsets}
 
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             def events() -> Iterator[str]:
                 for index, (prompt, c) in enumerate(choices):
@@ -604,6 +752,7 @@ def create_app(
         info = RequestInfo("chat.completions", model, body, dict(request.headers), messages=messages,
                            tools=tools or None, cache_key=_cache_key(body))
         params = state.sampling_params(body, len(prompt), state.default_max_tokens, chat=True)
+        include_usage = _include_usage(body)
         want_logprobs = bool(body.get("logprobs"))
         completions_ = await state.run(prompt, params, info)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -620,7 +769,6 @@ def create_app(
                     for s, lp in zip(strings, c.logprobs)]
 
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             def events() -> Iterator[str]:
                 head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -669,6 +817,12 @@ def create_app(
         }
 
     return app
+
+
+def _include_usage(body: dict) -> bool:
+    """Whether a stream ends with a usage chunk (``stream_options.include_usage``); checked before generating."""
+    options = _field(body, "stream_options", dict, {})
+    return bool(body.get("stream")) and bool(options.get("include_usage"))
 
 
 def _cache_key(body: dict) -> str | None:
