@@ -4,6 +4,13 @@ wandb follows ``WANDB_MODE``; without credentials (no ``WANDB_API_KEY`` and no l
 never waits on the network; offline runs land in ``RUN_DIR/wandb/`` (``wandb sync`` uploads them later). Inside a
 wandb sweep (a process started by ``wandb agent``) the logger joins the agent's run. The logger watches the loop
 and never steers it.
+
+Resuming (``resume_step``): a run killed after logging an iteration but before checkpointing it logs that
+iteration again once resumed. So the logger first drops what follows the checkpoint's step from ``metrics.jsonl``
+and ``episodes.jsonl``, and continues the run's wandb run (its id is kept in ``RUN_DIR/wandb_run_id``) without
+sending the steps wandb already has again: wandb cannot forget a step, so for those steps it keeps the records of
+the killed process while ``metrics.jsonl`` holds the resumed ones (the same numbers, up to timings, for a seeded
+run).
 """
 
 from __future__ import annotations
@@ -75,6 +82,11 @@ class RunLogger:
         use_wandb: log to wandb too (mode from ``WANDB_MODE``, else offline without credentials).
         project: the wandb project.
         console: print a summary line per iteration.
+        name: the wandb run name (default: the run directory's name).
+        resume_step: the step of the checkpoint a resumed run starts from: records of later iterations are removed
+            from ``metrics.jsonl`` and ``episodes.jsonl`` (each rewritten to a temporary file, then renamed over
+            it), the wandb run of the killed process is continued, and steps up to the last one it was sent are not
+            sent again. ``None``: a fresh run; both files are appended to as they are.
     """
 
     def __init__(
@@ -85,12 +97,19 @@ class RunLogger:
         project: str = "agentgym",
         console: bool = True,
         name: str | None = None,
+        resume_step: int | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self.console = Console(stderr=True) if console else None
         self.wandb_run = None
+        # wandb is sent only steps after this one (it already has the earlier ones).
+        self.wandb_sent_step: int | None = None
+        logged_step = None
+        if resume_step is not None:
+            logged_step = trim_jsonl(self.path, resume_step)
+            trim_jsonl(self.run_dir / EPISODES_FILE, resume_step)
         if use_wandb:
             import wandb
 
@@ -98,7 +117,11 @@ class RunLogger:
                 # A wandb agent's run that agentgym.sweep.apply_wandb_config already joined: log into it.
                 self.wandb_run = wandb.run
                 self.wandb_run.config.update(config or {}, allow_val_change=True)
+                self.wandb_sent_step = resume_step
                 return
+            id_file = self.run_dir / WANDB_ID_FILE
+            previous = id_file.read_text().strip() if resume_step is not None and id_file.is_file() else ""
+            resume: dict[str, Any] = {"id": previous, "resume": "allow"} if previous else {}
             self.wandb_run = wandb.init(
                 project=project,
                 name=name or self.run_dir.name,
@@ -106,7 +129,13 @@ class RunLogger:
                 config=config,
                 mode=_wandb_mode(),  # type: ignore[arg-type]
                 reinit="finish_previous",
+                **resume,
             )
+            if resume_step is not None:
+                self.wandb_sent_step = resume_step
+                if previous and logged_step is not None:  # the continued run has all the killed process logged
+                    self.wandb_sent_step = max(resume_step, logged_step)
+            _replace_text(id_file, self.wandb_run.id)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Append one iteration's metrics (peak memory added when missing) to every sink."""
@@ -115,7 +144,7 @@ class RunLogger:
             record.setdefault(k, v)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.wandb_run is not None:
+        if self.wandb_run is not None and (self.wandb_sent_step is None or step > self.wandb_sent_step):
             self.wandb_run.log(record, step=step)
         if self.console is not None:
             self.console.print(f"[bold]iter {step}[/bold] " + summary_line(record), highlight=False, soft_wrap=True)
@@ -124,6 +153,55 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+EPISODES_FILE = "episodes.jsonl"
+WANDB_ID_FILE = "wandb_run_id"
+"""In the run directory: the id of the run's wandb run, which a resumed run continues."""
+
+
+def trim_jsonl(path: str | Path, last_step: int) -> int | None:
+    """Drop the records of a JSONL file whose ``"iteration"`` is after ``last_step``; returns the largest iteration
+    the file held (``None``: none, or no file).
+
+    Records without an integer ``"iteration"`` stay, and a line that is not JSON (the last one, cut short by a
+    kill) goes. The file is rewritten only when something goes, to a temporary file renamed over it, so a kill
+    during the trim leaves the old file or the new one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    kept: list[str] = []
+    highest: int | None = None
+    dropped = False
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped = True
+                continue
+            step = record.get("iteration") if isinstance(record, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool):
+                highest = step if highest is None else max(highest, step)
+                if step > last_step:
+                    dropped = True
+                    continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        _replace_text(path, "".join(kept))
+    return highest
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _plain(v: Any) -> Any:
