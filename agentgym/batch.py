@@ -19,6 +19,10 @@ key                       shape        meaning
 ``truncated``             [B] bool     the episode was cut (context or turn limit) rather than finished
 ========================  ===========  ===========================================================================
 
+The trainer adds, before the update: ``values`` and ``bootstrap_values`` ([B]: V after the row's last token, for
+truncated episodes; PPO), ``ref_logprobs`` (KL), ``trainer_old_logprobs`` (TIS), then ``advantages`` (and
+``returns``), and per minibatch ``seq_ids``/``seq_tokens`` (`agentgym.algos.sequence_keys`).
+
 A per-token value at position t belongs to token ``input_ids[:, t]``; its logprob comes from the logits at t - 1.
 """
 
@@ -86,37 +90,55 @@ class _Row:
 
 
 def _rows(ep: Episode) -> list[_Row]:
-    """One row for a mergeable episode, else one row per turn."""
+    """One row for a mergeable episode, else one row per turn.
+
+    A turn's reward sits on its last policy token. A turn with an empty action has no token of its own: its reward
+    goes on the latest policy token before it (the action that led there), or on the episode's first policy token
+    when none came before, so token_rewards always sum to the episode return.
+    """
+    rows: list[_Row] = []
     if ep.is_mergeable():
         last = ep.turns[-1]
         ids = last.prompt_ids + last.action_ids
-        row = _Row(ids, [False] * len(ids), [0.0] * len(ids), [0] * len(ids), [0.0] * len(ids))
-        start = 0
+        rows.append(_Row(ids, [False] * len(ids), [0.0] * len(ids), [0] * len(ids), [0.0] * len(ids)))
+        ends, start = [], 0
         for k, turn in enumerate(ep.turns):
             at = len(turn.prompt_ids)
             end = at + len(turn.action_ids)
-            row.turn_ids[start:end] = [k] * (end - start)
-            row.loss[at:end] = [True] * (end - at)
-            row.logprobs[at:end] = turn.logprobs
-            if end > at:
-                row.rewards[end - 1] += turn.reward
+            rows[0].turn_ids[start:end] = [k] * (end - start)
+            rows[0].loss[at:end] = [True] * (end - at)
+            rows[0].logprobs[at:end] = turn.logprobs
+            ends.append((0, end - 1) if end > at else None)
             start = end
-        return [row]
-    rows = []
-    for k, turn in enumerate(ep.turns):
-        ids = turn.prompt_ids + turn.action_ids
-        n, a = len(turn.prompt_ids), len(turn.action_ids)
-        rewards = [0.0] * len(ids)
-        if a:
-            rewards[-1] = turn.reward
-        rows.append(_Row(ids, [False] * n + [True] * a, [0.0] * n + list(turn.logprobs), [k] * len(ids), rewards))
+    else:
+        ends = []
+        for k, turn in enumerate(ep.turns):
+            ids = turn.prompt_ids + turn.action_ids
+            n, a = len(turn.prompt_ids), len(turn.action_ids)
+            rows.append(_Row(ids, [False] * n + [True] * a, [0.0] * n + list(turn.logprobs), [k] * len(ids),
+                             [0.0] * len(ids)))
+            ends.append((len(rows) - 1, len(ids) - 1) if a else None)
+    pending = 0.0  # rewards of empty turns before the first policy token
+    where = None
+    for turn, end in zip(ep.turns, ends):
+        if end is not None:
+            where = end
+            if pending:
+                rows[end[0]].rewards[end[1]] += pending
+                pending = 0.0
+        if where is None:
+            pending += turn.reward
+        else:
+            rows[where[0]].rewards[where[1]] += turn.reward
     return rows
 
 
 def to_batch(episodes: Sequence[Episode], pad_id: int = 0) -> tuple[TensorDict, dict[str, float]]:
     """Turn episodes into the training batch (see the module docstring), and aggregation stats.
 
-    A turn whose action is empty contributes no policy token (and its reward goes to the episode return only).
+    A turn whose action is empty contributes no policy token; its reward lands on the episode's latest earlier
+    policy token (see `_rows`), so ``token_rewards`` sum to ``episode_return`` whenever the episode has a policy
+    token.
     Returns ``(batch, stats)``; ``stats["unmerged_episodes"]`` counts multi-turn episodes split into per-turn rows.
     """
     if not episodes:
@@ -171,3 +193,55 @@ def to_batch(episodes: Sequence[Episode], pad_id: int = 0) -> tuple[TensorDict, 
     )
     multi = sum(len(ep.turns) > 1 for ep in episodes)
     return batch, {"unmerged_episodes": float(unmerged), "multi_turn_episodes": float(multi)}
+
+
+def length_buckets(batch: TensorDict, rows_per_micro: int) -> list[torch.Tensor]:
+    """Split ``batch``'s rows into micro-batches of up to ``rows_per_micro`` rows of similar length.
+
+    Rows of one episode (same episode_id and agent_id) stay in one micro-batch (a sequence-level loss such as GSPO's
+    needs all of an episode's tokens at once); an episode with more rows than ``rows_per_micro`` gets a micro-batch
+    of its own. Episodes go longest first, so each micro-batch, cut to its longest row (`trim`), carries little
+    padding. Returns row-index tensors that cover every row once.
+    """
+    if rows_per_micro < 1:
+        raise ValueError(f"rows_per_micro must be >= 1, got {rows_per_micro}")
+    n = batch.batch_size[0]
+    if n == 0:
+        return []
+    lengths = batch["attention_mask"].sum(-1)
+    if "episode_id" in batch.keys():
+        agent = batch["agent_id"] if "agent_id" in batch.keys() else torch.zeros_like(batch["episode_id"])
+        _, episode = torch.unique(torch.stack([batch["episode_id"], agent], 1), dim=0, return_inverse=True)
+    else:
+        episode = torch.arange(n)
+    num = int(episode.max()) + 1
+    longest = torch.zeros(num, dtype=lengths.dtype).scatter_reduce(0, episode, lengths, reduce="amax")
+    first = torch.full((num,), n, dtype=torch.long).scatter_reduce(0, episode, torch.arange(n), reduce="amin")
+    # Longest first; ties keep the batch's order (first row of each episode).
+    order = sorted(range(num), key=lambda e: (-int(longest[e]), int(first[e])))
+    rows_of = [[] for _ in range(num)]
+    for r, e in enumerate(episode.tolist()):
+        rows_of[e].append(r)
+    out, current = [], []
+    for e in order:
+        if current and len(current) + len(rows_of[e]) > rows_per_micro:
+            out.append(torch.tensor(current, dtype=torch.long))
+            current = []
+        current += rows_of[e]
+    if current:
+        out.append(torch.tensor(current, dtype=torch.long))
+    return out
+
+
+def trim(batch: TensorDict) -> TensorDict:
+    """``batch`` with the columns past its longest row cut off (every [B, T] key; right padding only)."""
+    mask = batch["attention_mask"]
+    width = int(mask.sum(-1).max()) if mask.numel() else 0
+    if width >= mask.shape[1]:
+        return batch
+    out = {}
+    for key, value in batch.items():
+        if value.dim() >= 2 and value.shape[1] == mask.shape[1]:
+            value = value[:, :width]
+        out[key] = value
+    return TensorDict(out, batch_size=batch.batch_size)

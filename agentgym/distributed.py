@@ -44,6 +44,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from agentgym.algos import AlgoConfig, LossNormalizer
+from agentgym.policy import decoder_layers
 
 STRATEGIES = ("ddp", "fsdp")
 """``ddp``: a full replica per process, gradients all-reduced. ``fsdp``: parameters, gradients and optimizer state
@@ -323,18 +324,14 @@ class _ParallelForward:
         return self._model.config
 
 
-def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
-    layers = getattr(inner, "layers", None)
-    return list(layers) if layers is not None else []
+def local_counts(shard: TensorDict, cfg: AlgoConfig | None = None) -> torch.Tensor:
+    """[policy tokens, sequences, padded length] of ``shard`` (which holds whole sequences), as float64."""
+    from agentgym.algos import sequence_ids
 
-
-def local_counts(shard: TensorDict) -> torch.Tensor:
-    """[policy tokens, rows with a policy token, padded length] of ``shard``, as float64."""
     mask = shard["loss_mask"].bool()
-    return torch.tensor([float(mask.sum()), float(mask.any(dim=-1).sum()), float(mask.shape[-1])],
-                        dtype=torch.float64)
+    ids = shard["seq_ids"] if "seq_ids" in shard.keys() else sequence_ids(shard, cfg or AlgoConfig())
+    sequences = float(torch.unique(ids[ids >= 0]).numel())
+    return torch.tensor([float(mask.sum()), sequences, float(mask.shape[-1])], dtype=torch.float64)
 
 
 def global_loss_normalizer(shard: TensorDict, cfg: AlgoConfig, group: Any = None) -> LossNormalizer:
@@ -343,7 +340,7 @@ def global_loss_normalizer(shard: TensorDict, cfg: AlgoConfig, group: Any = None
     Token and sequence counts are summed over the processes of ``group`` and the padded length is their maximum,
     so the result equals ``loss_normalizer(whole_minibatch, cfg)``. Every process of the group must call it.
     """
-    counts = local_counts(shard)
+    counts = local_counts(shard, cfg)
     sums, longest = counts[:2].clone(), counts[2:].clone()
     dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=group)
@@ -355,6 +352,14 @@ def shard_rows(num_rows: int, rank: int, world_size: int) -> tuple[torch.Tensor,
     """This rank's rows of a minibatch (every ``world_size``-th, from ``rank``) and how many rows every rank gets
     after padding (``ceil(num_rows / world_size)``)."""
     return torch.arange(num_rows)[rank::world_size], math.ceil(num_rows / world_size)
+
+
+def shard_episodes(row_episode: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor, int]:
+    """This rank's rows when whole episodes are dealt out (episode e to rank e mod ``world_size``; ``row_episode``
+    [B] numbers each row's episode 0..E-1), and the most rows any rank gets (what every rank pads to)."""
+    owner = row_episode % world_size
+    counts = torch.bincount(owner, minlength=world_size)
+    return torch.nonzero(owner == rank).flatten(), int(counts.max()) if counts.numel() else 0
 
 
 class DataParallel:
@@ -404,7 +409,7 @@ class DataParallel:
             from torch.distributed.fsdp import fully_shard
 
             self._broadcast_parameters()
-            for layer in _decoder_layers(model):
+            for layer in decoder_layers(model):
                 fully_shard(layer)
             # The root stays gathered after forward: policy.forward applies the LM head outside the model's forward.
             self.wrapped = fully_shard(self.root, reshard_after_forward=False)
@@ -428,14 +433,18 @@ class DataParallel:
 
     # -- the minibatch --------------------------------------------------------------------------------------------
     def shard(self, minibatch: TensorDict, cfg: AlgoConfig) -> tuple[TensorDict, LossNormalizer]:
-        """This process's rows of ``minibatch`` (padded to the common row count) and the minibatch's normalizer.
+        """This process's episodes of ``minibatch`` (padded to the common row count) and the minibatch's normalizer.
 
         Every process must call it with the same minibatch. The rows are on the policy's device. Padding rows
         copy a real row with no policy token, so they add nothing to the loss, the gradients or the counts; they
         come first, so that with micro-batches of 2 rows or more no micro-batch is padding only (its metrics would
         be zeros in the averages).
         """
-        rows, per_rank = shard_rows(minibatch.batch_size[0], self.rank, self.world_size)
+        from agentgym.algos import EpisodeIndex
+
+        # Whole episodes per process: a sequence's tokens (GSPO's sequence ratio) stay together.
+        episodes = EpisodeIndex.from_batch(minibatch, cfg.group_by_agent)
+        rows, per_rank = shard_episodes(episodes.row_episode, self.rank, self.world_size)
         local = minibatch[rows]
         norm = global_loss_normalizer(local, cfg, self.group)
         if len(rows) < per_rank:

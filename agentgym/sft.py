@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from agentgym.algos.aggregation import loss_normalizer
+from agentgym.algos.aggregation import loss_normalizer, sequence_keys
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.sft import SelectionConfig, select_episodes, sft_loss
 from agentgym.batch import Episode, Turn, to_batch
@@ -246,7 +246,7 @@ class SFTTrainer(Trainer):
             order = torch.randperm(n, generator=gen)
             chunks = order.split(cfg.batch_size) if cfg.batch_size > 0 else order.chunk(max(1, min(cfg.minibatches, n)))
             for idx in chunks:
-                mini = batch[idx]
+                mini = sequence_keys(batch[idx], self.algo)
                 norm = loss_normalizer(mini, self.algo)
                 self.optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0

@@ -22,10 +22,16 @@ import torch
 from tensordict import TensorDict
 
 from agentgym import algos, distributed
-from agentgym.batch import Episode, to_batch
+from agentgym.batch import Episode, length_buckets, to_batch, trim
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.collector import Collector
-from agentgym.policy import ValueHead, forward, hidden_size
+from agentgym.policy import (
+    ValueHead,
+    activation_bytes_per_token,
+    forward,
+    hidden_size,
+    set_activation_checkpointing,
+)
 from agentgym.tracking import RunLogger
 
 
@@ -64,7 +70,14 @@ class TrainConfig:
     minibatches: int = 1
     """optimizer steps per epoch (the batch's rows are split into this many minibatches)"""
     micro_batch_size: int = 8
-    """rows per forward/backward pass (gradient accumulation within a minibatch)"""
+    """rows per forward/backward pass (gradient accumulation within a minibatch); rows of similar length go
+    together and each micro-batch is cut to its longest row, and an episode split into several rows is never
+    split across micro-batches"""
+    activation_checkpointing: str = "auto"
+    """recompute each decoder layer's activations in backward instead of keeping them: on | off | auto (on when a
+    micro-batch's kept activations would exceed activation_memory_mb)"""
+    activation_memory_mb: int = 1024
+    """activation_checkpointing=auto: the estimated activation memory of a micro-batch above which it turns on"""
     lr: float = 2e-6
     """AdamW learning rate for the policy"""
     value_lr: float = 1e-4
@@ -177,7 +190,10 @@ class Trainer:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
         if self.value_head is not None:
             groups.append({"params": list(self.value_head.parameters()), "lr": cfg.value_lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **_adamw_kwargs(model))
+        if cfg.activation_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"activation_checkpointing must be auto, on or off, got {cfg.activation_checkpointing!r}")
+        self._act_bytes = activation_bytes_per_token(model)
         self.engine = engine if engine is not None else TransformersEngine(model, tokenizer)
         self.params = SamplingParams(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
@@ -240,22 +256,42 @@ class Trainer:
             raise KeyError(f"no adapter {adapter!r}; cfg.lora_adapters = {self.cfg.lora_adapters}")
         return AdapterEngine(self.engine, self.model, adapter)
 
-    def _micro_batches(self, batch: TensorDict) -> Any:
-        """``(adapter, micro-batch)`` pairs covering ``batch``: chunks of ``micro_batch_size`` rows, and with
-        ``cfg.lora_adapters`` each chunk the rows of one adapter (in adapter order), which it makes active."""
-        mb = self.cfg.micro_batch_size
-        if not self.cfg.lora_adapters:
-            for i in range(0, batch.batch_size[0], mb):
-                yield None, batch[i : i + mb]
-            return
-        from agentgym.adapters import use_adapter
+    def _micro_batches(self, batch: TensorDict) -> list[tuple[str | None, torch.Tensor]]:
+        """``(adapter, row index)`` pairs covering ``batch``'s rows: up to ``micro_batch_size`` rows of similar
+        length each (whole episodes: an episode's rows stay together), and with ``cfg.lora_adapters`` the rows of
+        one adapter each, in adapter order."""
+        names: list[str | None] = [None]
+        subsets = [torch.arange(batch.batch_size[0])]
+        if self.cfg.lora_adapters:
+            names = list(self.cfg.lora_adapters)
+            subsets = [torch.nonzero(batch["adapter_id"] == a).flatten() for a in range(len(names))]
+        out = []
+        for name, rows in zip(names, subsets):
+            for idx in length_buckets(batch[rows], self.cfg.micro_batch_size):
+                out.append((name, rows[idx]))
+        return out
 
-        for a, name in enumerate(self.cfg.lora_adapters):
-            rows = batch[batch["adapter_id"] == a]
-            if rows.batch_size[0]:
-                use_adapter(self.model, name)
-            for i in range(0, rows.batch_size[0], mb):
-                yield name, rows[i : i + mb]
+    def _use(self, adapter: str | None) -> None:
+        if adapter is not None:
+            from agentgym.adapters import use_adapter
+
+            use_adapter(self.model, adapter)
+
+    def _checkpointing(self, micro: TensorDict) -> None:
+        """Turn activation checkpointing on or off for this micro-batch (``cfg.activation_checkpointing``)."""
+        mode = self.cfg.activation_checkpointing
+        tokens = int(micro["attention_mask"].numel())  # padded: the forward computes every column
+        self._max_micro_tokens = max(getattr(self, "_max_micro_tokens", 0), tokens)
+        on = mode == "on" or (mode == "auto" and tokens * self._act_bytes > self.cfg.activation_memory_mb * 2**20)
+        if on != getattr(self, "_checkpointing_on", False):
+            self._checkpointing_on = on and set_activation_checkpointing(self.model, True)
+            if not on:
+                set_activation_checkpointing(self.model, False)
+
+    def _forward(self, policy: Any, micro: TensorDict, **kwargs: Any) -> Any:
+        cfg = self.cfg
+        return forward(policy, micro["input_ids"], micro["attention_mask"], micro["loss_mask"], cfg.temperature,
+                       top_k=cfg.top_k, top_p=cfg.top_p, **kwargs)
 
     def _adapter_ids(self, episodes: list[Episode], batch: TensorDict) -> torch.Tensor:
         """Each row's adapter: the index in ``cfg.lora_adapters`` of its episode's ``info["policy"]``."""
@@ -288,8 +324,9 @@ class Trainer:
         finally:
             self.model.unmerge_adapter()
 
-    def collect(self) -> list[Episode]:
-        seed = self.cfg.seed * 1_000_003 + self.iteration * self.cfg.groups_per_iteration
+    def collect(self, round_: int = 0) -> list[Episode]:
+        """One collection of ``groups_per_iteration`` tasks; ``round_`` > 0 draws other tasks (dynamic sampling)."""
+        seed = self.cfg.seed * 1_000_003 + self.iteration * self.cfg.groups_per_iteration + round_ * 2**32
         if self.parallel is not None:  # rank 0 rolls out; every trainer process gets the same episodes
             return self.parallel.broadcast(self.collector.collect(seed) if self.parallel.is_main else None)
         return self.collector.collect(seed)
@@ -297,109 +334,166 @@ class Trainer:
     @torch.no_grad()
     def _score(self, batch: TensorDict) -> TensorDict:
         """Fill what the algorithm needs before the update: old values, reference logprobs."""
-        values, refs, olds = [], [], []
         need_old = self.algo.needs_trainer_logprobs
-        for _, micro in self._micro_batches(batch):  # in row order: a batch with adapters is sorted by adapter
-            if self.value_head is not None or need_old:
-                out = forward(
-                    self.model, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
-                    self.cfg.temperature, value_head=self.value_head,
-                )
-                values.append(out.values)
-                olds.append(out.logprobs)
+        need_values = self.value_head is not None
+        if not (need_old or need_values or self.algo.needs_ref_logprobs):
+            return batch
+        shape = batch["loss_mask"].shape
+        olds, values, refs = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
+        bootstrap = torch.zeros(shape[0])
+        for adapter, idx in self._micro_batches(batch):
+            self._use(adapter)
+            micro = trim(batch[idx])
+            width = micro["loss_mask"].shape[1]
+            if need_values or need_old:
+                out = self._forward(self.model, micro, value_head=self.value_head)
+                olds[idx, :width] = out.logprobs
+                if need_values:
+                    values[idx, :width] = out.values
+                    bootstrap[idx] = out.bootstrap_values
             if self.algo.needs_ref_logprobs:
-                refs.append(self._ref_logprobs(micro))
-        if self.value_head is not None:
-            batch["values"] = torch.cat(values)
+                refs[idx, :width] = self._ref_logprobs(micro)
+        if need_values:
+            batch["values"], batch["bootstrap_values"] = values, bootstrap
         if need_old:
-            batch["trainer_old_logprobs"] = torch.cat(olds)
-        if refs:
-            batch["ref_logprobs"] = torch.cat(refs)
+            batch["trainer_old_logprobs"] = olds
+        if self.algo.needs_ref_logprobs:
+            batch["ref_logprobs"] = refs
         return batch
 
     def _ref_logprobs(self, micro: TensorDict) -> torch.Tensor:
-        args = (micro["input_ids"], micro["attention_mask"], micro["loss_mask"], self.cfg.temperature)
         if self.ref_model is not None:
-            return forward(self.ref_model, *args).logprobs
+            return self._forward(self.ref_model, micro).logprobs
         with self.model.disable_adapter():  # LoRA: the reference is the base model
-            return forward(self.model, *args).logprobs
+            return self._forward(self.model, micro).logprobs
 
     def update(self, batch: TensorDict) -> dict[str, float]:
-        """K epochs of minibatch updates on one batch; returns averaged loss metrics."""
+        """K epochs of minibatch updates on one batch; returns the minibatches' metrics, averaged.
+
+        A minibatch is a set of whole episodes. A minibatch with no learning signal (`algos.has_learning_signal`)
+        takes no optimizer step, and neither does a parameter group whose gradient is exactly zero: AdamW would
+        still move the weights by its leftover momentum. ``skipped_steps`` counts the minibatches whose policy was
+        not stepped. Before the first step the trainer's logprobs of every row are compared with the engine's
+        (``engine_trainer_logprob_diff_max``, ``engine_trainer_ratio_mean``).
+        """
         cfg, algo = self.cfg, self.algo
-        n = batch.batch_size[0]
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + self.iteration)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        first = True
+        episodes = algos.EpisodeIndex.from_batch(batch, algo.group_by_agent)
+        per_step: list[dict[str, float]] = []
+        skipped = 0
+        step0 = _StepZero()
         for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen)
-            for idx in order.chunk(max(1, min(cfg.minibatches, n))):
-                mini = batch[idx]
+            order = torch.randperm(episodes.num_episodes, generator=gen)
+            for chosen in order.chunk(max(1, min(cfg.minibatches, episodes.num_episodes))):
+                mini = algos.sequence_keys(batch[_rows_of(episodes, chosen)], algo)
+                if not algos.has_learning_signal(mini, algo):
+                    skipped += 1
+                    if not step0.done:  # the engine/trainer check still runs, on a forward pass alone
+                        with torch.no_grad():
+                            for adapter, idx in self._micro_batches(mini):
+                                self._use(adapter)
+                                micro = trim(mini[idx])
+                                step0.add(self._forward(self.model, micro).logprobs, micro)
+                    step0.done = True
+                    continue
                 norm = algos.loss_normalizer(mini, algo)
                 policy, scale = self.model, 1.0
-                if self.parallel is not None:  # this process's rows, the whole minibatch's counts
-                    mini, norm = self.parallel.shard(mini, algo)
+                if self.parallel is not None:  # this process's episodes, the whole minibatch's counts
+                    mini, _ = self.parallel.shard(mini, algo)
                     policy, scale = self.parallel.module, self.parallel.loss_scale
                 self.optimizer.zero_grad(set_to_none=True)
-                for _, micro in self._micro_batches(mini):
-                    out = forward(
-                        policy, micro["input_ids"], micro["attention_mask"], micro["loss_mask"],
-                        cfg.temperature, value_head=self.value_head, with_entropy=True,
-                    )
-                    loss, metrics = algos.actor_loss(out.logprobs, micro, algo, norm, entropy=out.entropy)
+                metrics = _MinibatchMetrics()
+                t_fb = time.perf_counter()
+                for adapter, idx in self._micro_batches(mini):
+                    self._use(adapter)
+                    micro = trim(mini[idx])
+                    self._checkpointing(micro)
+                    out = self._forward(policy, micro, value_head=self.value_head, with_entropy=True)
+                    loss, m = algos.actor_loss(out.logprobs, micro, algo, norm, entropy=out.entropy)
                     if self.value_head is not None:
-                        vloss, vmetrics = algos.critic_loss(out.values, micro, algo, norm)
+                        vloss, vm = algos.critic_loss(out.values, micro, algo, norm)
                         loss = loss + vloss
-                        metrics = {**metrics, **vmetrics}
+                        m = {**m, **vm}
                     (loss * scale).backward()
-                    if first:
-                        # Before any update the trainer's policy is the one that sampled: its ratio to the
-                        # engine's logprobs measures engine/trainer mismatch (it should be 1).
-                        m = micro["loss_mask"]
-                        diff = (out.logprobs.detach() - micro["old_logprobs"])[m]
-                        if diff.numel():
-                            sums["engine_trainer_logprob_diff_max"] = float(diff.abs().max())
-                            sums["engine_trainer_ratio_mean"] = float(diff.exp().mean())
-                            counts["engine_trainer_logprob_diff_max"] = counts["engine_trainer_ratio_mean"] = 1
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                        counts[k] = counts.get(k, 0) + 1
-                first = False
+                    metrics.add(m, float(micro["loss_mask"].sum()))
+                    if not step0.done:
+                        step0.add(out.logprobs.detach(), micro)
+                step0.done = True
+                step_metrics = metrics.result()
+                t_opt = time.perf_counter()
+                step_metrics["forward_backward_s"] = t_opt - t_fb
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 if cfg.max_grad_norm > 0:
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(gnorm)
-                    counts["grad_norm"] = counts.get("grad_norm", 0) + 1
+                    step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                if not _drop_zero_gradients(self.optimizer)[0]:
+                    skipped += 1
                 self.optimizer.step()
+                step_metrics["optimizer_s"] = time.perf_counter() - t_opt
+                per_step.append(step_metrics)
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = {k: sums[k] / counts[k] for k in sums}
-        return metrics if self.parallel is None else self.parallel.reduce_metrics(metrics)
+        out_metrics = _mean_metrics(per_step)
+        for key in ("forward_backward_s", "optimizer_s"):  # totals over the steps, not means
+            out_metrics[key] = sum(m[key] for m in per_step)
+        out_metrics.update(step0.result())
+        out_metrics["skipped_steps"] = float(skipped)
+        return out_metrics if self.parallel is None else self.parallel.reduce_metrics(out_metrics)
+
+    def _collect_batch(self) -> tuple[list[Episode], dict[str, float]]:
+        """This iteration's episodes. With DAPO dynamic sampling, more tasks are drawn (up to
+        ``algo.max_sampling_rounds`` collections) until ``groups_per_iteration`` groups have returns that differ;
+        the first that many such groups are kept, and the rest of the batch is dropped."""
+        episodes = self.collect()
+        if not self.algo.dynamic_sampling:
+            return episodes, {}
+        target = self.cfg.groups_per_iteration
+        key = (lambda ep: (ep.group_id, ep.agent_id)) if self.algo.group_by_agent else (lambda ep: ep.group_id)
+        kept = algos.informative_groups([(key(ep), ep.total_reward) for ep in episodes])
+        rounds = 1
+        while len(kept) < target and rounds < self.algo.max_sampling_rounds:
+            more = self.collect(round_=rounds)
+            episodes += more
+            kept = algos.informative_groups([(key(ep), ep.total_reward) for ep in episodes])
+            rounds += 1
+        chosen = set(kept[:target])
+        batch_eps = [ep for ep in episodes if key(ep) in chosen] or episodes
+        return batch_eps, {"sampling_rounds": float(rounds), "sampled_episodes": float(len(episodes))}
 
     def step(self) -> dict[str, float]:
         """One iteration: collect, build the batch, advantages, update, push weights. Returns its metrics."""
         t0 = time.perf_counter()
-        episodes = self.collect()
+        episodes, sampling = self._collect_batch()
         t_rollout = time.perf_counter() - t0
         self._save_episodes(episodes)
+        release = getattr(self.engine, "release_memory", None)
+        if release is not None:  # sampling's packed weights and kept contexts are not needed while training
+            release()
+        t_batch = time.perf_counter()
         batch, agg = to_batch(episodes, pad_id=self.tokenizer.pad_token_id or 0)
         if self.cfg.lora_adapters and batch.batch_size[0]:
             batch["adapter_id"] = self._adapter_ids(episodes, batch)
             batch = batch[torch.argsort(batch["adapter_id"], stable=True)]
         metrics = episode_metrics(episodes)
         metrics.update(agg)
+        metrics.update(sampling)
         metrics.update(getattr(self.collector, "last_stats", {}))
         metrics["rollout_tokens_per_s"] = metrics["policy_tokens"] / max(t_rollout, 1e-9)
         if self.algo.dynamic_sampling:
             batch, dropped = algos.filter_groups(batch, self.algo)
             metrics["dropped_groups"] = float(dropped)
         t1 = time.perf_counter()
+        metrics["batch_s"] = t1 - t_batch
         if batch.batch_size[0] > 0 and bool(batch["loss_mask"].any()):
             batch = self._score(batch)
+            t_score = time.perf_counter()
+            metrics["score_s"] = t_score - t1
             batch = algos.shape_rewards(batch, self.algo)
             batch = algos.compute_advantages(batch, self.algo)
+            t_update = time.perf_counter()
             metrics.update(self.update(batch))
+            metrics["update_s"] = time.perf_counter() - t_update
+            t_push = time.perf_counter()
             self.engine_weights_changed()
+            metrics["push_s"] = time.perf_counter() - t_push
         t_train = time.perf_counter() - t1
         trained_tokens = float(batch["attention_mask"].sum()) if batch.batch_size[0] else 0.0
         metrics["train_tokens_per_s"] = trained_tokens * self.cfg.epochs / max(t_train, 1e-9)
@@ -427,7 +521,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2, default=str))
         logger = RunLogger(
-            self.run_dir, dataclasses.asdict(self.cfg), use_wandb=self.cfg.wandb, project=self.cfg.wandb_project
+            self.run_dir, dataclasses.asdict(self.cfg), use_wandb=self.cfg.wandb, project=self.cfg.wandb_project,
+            resume_step=self.iteration if self.cfg.resume else None,  # what a killed run logged past its checkpoint
         )
         history = []
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -484,6 +579,104 @@ class Trainer:
         self.collector.close()
         if self.parallel is not None:
             self.parallel.close()
+
+
+class _StepZero:
+    """Engine vs trainer logprobs over every row of the first minibatch, before any optimizer step."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.diff_max = 0.0
+        self.ratio_sum = 0.0
+        self.tokens = 0
+
+    def add(self, logprobs: torch.Tensor, micro: TensorDict) -> None:
+        m = micro["loss_mask"].bool()
+        diff = (logprobs - micro["old_logprobs"])[m]
+        if diff.numel():
+            self.diff_max = max(self.diff_max, float(diff.abs().max()))
+            self.ratio_sum += float(diff.exp().sum())
+            self.tokens += diff.numel()
+
+    def result(self) -> dict[str, float]:
+        if not self.tokens:
+            return {}
+        return {"engine_trainer_logprob_diff_max": self.diff_max,
+                "engine_trainer_ratio_mean": self.ratio_sum / self.tokens}
+
+
+class _MinibatchMetrics:
+    """One minibatch's metrics from its micro-batches: losses add up (each micro-batch's is its share of the
+    minibatch loss), keys ending in _max/_min take the max/min, the rest are policy-token-weighted means."""
+
+    LOSS_KEYS = ("actor/pg_loss", "actor/loss", "critic/value_loss")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], tokens: float) -> None:
+        for k, v in metrics.items():
+            v = float(v)
+            if k in self.LOSS_KEYS:
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            elif k.endswith("_max"):
+                self.sums[k] = max(self.sums.get(k, v), v)
+            elif k.endswith("_min"):
+                self.sums[k] = min(self.sums.get(k, v), v)
+            elif tokens > 0:
+                self.sums[k] = self.sums.get(k, 0.0) + v * tokens
+                self.weights[k] = self.weights.get(k, 0.0) + tokens
+
+    def result(self) -> dict[str, float]:
+        return {k: (v / self.weights[k] if k in self.weights else v) for k, v in self.sums.items()
+                if k in self.weights or k in self.LOSS_KEYS or k.endswith(("_max", "_min"))}
+
+
+def _mean_metrics(per_step: list[dict[str, float]]) -> dict[str, float]:
+    """The mean over optimizer steps of each metric (max/min for keys ending in _max/_min)."""
+    out: dict[str, float] = {}
+    for key in sorted({k for m in per_step for k in m}):
+        values = [m[key] for m in per_step if key in m]
+        if key.endswith("_max"):
+            out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def _drop_zero_gradients(optimizer: torch.optim.Optimizer) -> list[bool]:
+    """Set to None the gradients of every parameter group whose gradient is exactly zero, so that the optimizer
+    step leaves it alone (AdamW skips parameters without a gradient). Returns, per group, whether it steps."""
+    stepping = []
+    for group in optimizer.param_groups:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        live = any(bool(g.any()) for g in grads)
+        if not live:
+            for p in group["params"]:
+                p.grad = None
+        stepping.append(live)
+    return stepping
+
+
+def _rows_of(episodes: algos.EpisodeIndex, chosen: torch.Tensor) -> torch.Tensor:
+    """The rows of the episodes numbered ``chosen``, episode by episode in that order."""
+    rank = torch.full((episodes.num_episodes,), -1, dtype=torch.long)
+    rank[chosen] = torch.arange(chosen.numel())
+    row_rank = rank[episodes.row_episode]
+    rows = torch.nonzero(row_rank >= 0).flatten()
+    return rows[torch.argsort(row_rank[rows], stable=True)]
+
+
+def _adamw_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    """The fused AdamW kernel where it exists (one pass over each parameter, no temporary copies)."""
+    params = list(model.parameters())
+    if params and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
+                      for p in params):
+        return {"fused": True}
+    return {}
 
 
 def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:

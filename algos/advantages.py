@@ -33,14 +33,20 @@ register_advantage = ADVANTAGE_ESTIMATORS.register
 
 
 def whiten(x: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
-    """(x - mean) / (std + eps) with mean and (population) std over the positions where `mask` is True."""
+    """(x - mean) / (std + eps) with mean and (population) std over the positions where `mask` is True.
+
+    When the values do not spread (std + eps == 0, possible with eps = 0), they are only centred: all equal
+    values give 0, never NaN.
+    """
     mask = mask.bool()
     if not mask.any():
         return torch.zeros_like(x)
     values = x[mask]
     mean = values.mean()
-    std = values.std(unbiased=False)
-    return torch.where(mask, (x - mean) / (std + eps), 0.0)
+    scale = values.std(unbiased=False) + eps
+    if not bool(scale > 0):
+        scale = torch.ones_like(scale)
+    return torch.where(mask, (x - mean) / scale, 0.0)
 
 
 def _per_token(per_episode: Tensor, episodes: EpisodeIndex) -> Tensor:
@@ -126,13 +132,24 @@ def gae_advantage(batch: TensorDict, cfg: AlgoConfig, episodes: EpisodeIndex) ->
         delta_n = r_n + gamma V(s_{n+1}) - V(s_n);   A_n = delta_n + gamma lam A_{n+1};   returns_n = A_n + V(s_n)
 
     n runs over the episode's policy tokens in order, across its rows; observation tokens are skipped, so the
-    environment's tokens neither discount nor bootstrap. The value after the last policy token is 0.
+    environment's tokens neither discount nor bootstrap. The value after the last policy token is 0 for an episode
+    that terminated; for one that was truncated (``batch["truncated"]``: cut by a context or turn limit, not
+    finished) it is V of the state after its last token, ``batch["bootstrap_values"]`` of the row that holds it
+    (truncation is not termination: the return would have gone on).
     """
     require_keys(batch, ("values",), "advantage='gae' bootstraps from the value head; fill batch['values']")
     tokens = episodes.policy_tokens(batch)
     rewards = tokens.pack(batch["token_rewards"].float())
     values = tokens.pack(batch["values"].detach().float())
-    advantages = policy_token_gae(rewards, values, tokens.valid(), cfg.gamma, cfg.lam)
+    last_values = None
+    if "truncated" in batch.keys() and bool(batch["truncated"].any()):
+        require_keys(batch, ("bootstrap_values",), "a truncated episode bootstraps from the value after its last "
+                     "token; fill batch['bootstrap_values'] (the value head at each row's last token)")
+        last_episode, last_row, _ = tokens.last_positions()
+        last_values = values.new_zeros(episodes.num_episodes)
+        cut = batch["truncated"].bool()[last_row]
+        last_values[last_episode] = torch.where(cut, batch["bootstrap_values"].detach().float()[last_row], 0.0)
+    advantages = policy_token_gae(rewards, values, tokens.valid(), cfg.gamma, cfg.lam, last_values)
     return tokens.unpack(advantages), tokens.unpack(advantages + values)
 
 

@@ -45,6 +45,8 @@ class AlgoConfig:
     """dual-clip constant c > 1: a negative-advantage token loses at most c·|A|; None disables"""
     loss_agg: str = "token-mean"
     """aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO)"""
+    sequence: str = "episode"
+    """a sequence for aggregation, Dr. GRPO's N_seq and GSPO's ratio: episode (all its turns) | turn"""
     max_tokens: int | None = None
     """policy-token budget of an episode: Dr. GRPO's constant normalizer and DAPO's overlong limit"""
     entropy_coef: float = 0.0
@@ -62,7 +64,9 @@ class AlgoConfig:
 
     # --- DAPO batch and reward shaping ---
     dynamic_sampling: bool = False
-    """drop groups whose episode returns are all equal (DAPO dynamic sampling), see `filter_groups`"""
+    """keep only groups whose returns differ, sampling more tasks to refill the batch (DAPO dynamic sampling)"""
+    max_sampling_rounds: int = 3
+    """dynamic sampling: most collections per iteration to refill the batch (DAPO's max_num_gen_batches)"""
     overlong_buffer_frac: float = 0.0
     """width of DAPO's soft overlong penalty zone as a fraction of max_tokens (DAPO: 0.2); 0 disables"""
     overlong_penalty: float = 1.0
@@ -90,6 +94,10 @@ class AlgoConfig:
 
         if self.advantage == "gae" and self.credit != "token":
             raise ValueError(f"advantage='gae' runs over policy tokens; set credit='token' (got {self.credit!r}).")
+        if self.sequence not in ("episode", "turn"):
+            raise ValueError(f"sequence must be 'episode' or 'turn', got {self.sequence!r}.")
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}.")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}.")
         for field_name in ("gamma", "lam"):
@@ -125,6 +133,12 @@ class AlgoConfig:
     def needs_ref_logprobs(self) -> bool:
         """True when batch["ref_logprobs"] must be filled (KL to the reference policy is on)."""
         return self.kl_coef > 0.0
+
+    @property
+    def loss_without_advantages(self) -> bool:
+        """True when the loss has a gradient even where every advantage is 0 (entropy bonus, KL in the loss, a
+        value head to fit)."""
+        return self.needs_values or self.entropy_coef != 0.0 or (self.kl_coef > 0.0 and not self.kl_in_reward)
 
     @property
     def needs_trainer_logprobs(self) -> bool:

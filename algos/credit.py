@@ -42,18 +42,25 @@ CREDIT_MODES: Registry[CreditFn] = Registry("credit assignment mode")
 register_credit = CREDIT_MODES.register
 
 
-def policy_token_gae(rewards: Tensor, values: Tensor, valid: Tensor, gamma: float, lam: float) -> Tensor:
+def policy_token_gae(rewards: Tensor, values: Tensor, valid: Tensor, gamma: float, lam: float,
+                     last_values: Tensor | None = None) -> Tensor:
     """GAE over squeezed sequences of policy tokens, [E, L] in and out.
 
-        delta_n = r_n + gamma * V_{n+1} - V_n          (V_{L_e} = 0: the episode ends after its last token)
-        A_n     = delta_n + gamma * lam * A_{n+1}
+        delta_n = r_n + gamma * V_{n+1} - V_n          (V_{L_e} = last_values[e]: 0 for an episode that ended,
+        A_n     = delta_n + gamma * lam * A_{n+1}       the value of the state after its last token if it was cut)
 
     With V = 0 and lam = 1, A_n is the discounted return-to-go. Slots past an episode's length must be padding
-    at the end (`valid` False there); they get 0.
+    at the end (`valid` False there); they get 0. `last_values` [E] (default 0) bootstraps truncated episodes.
     """
     rewards = torch.where(valid, rewards, 0.0)
     values = torch.where(valid, values, 0.0)
     next_values = torch.cat([values[:, 1:], values.new_zeros(values.shape[0], 1)], dim=1)
+    if last_values is not None and values.shape[1]:
+        lengths = valid.sum(-1)
+        has = lengths > 0
+        episodes = torch.arange(values.shape[0], device=values.device)[has]
+        next_values = next_values.clone()
+        next_values[episodes, lengths[has] - 1] = last_values[has].to(values.dtype)
     deltas = torch.where(valid, rewards + gamma * next_values - values, 0.0)
     decay = gamma * lam
     if decay == 1.0:  # A_n = sum_{m >= n} delta_m: a reversed cumulative sum

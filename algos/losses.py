@@ -5,7 +5,7 @@ dual-clip from Ye et al., "Mastering Complex Control in MOBA Games with Deep Rei
 
     r_t = π_θ(y_t) / π_old(y_t)                                        (policy_loss="ppo")
     r_t = sg[s_i] · π_θ(y_t) / sg[π_θ(y_t)],                          (policy_loss="gspo", Zheng et al., GSPO)
-          s_i = exp( (1/|y_i|) Σ_t log(π_θ(y_t) / π_old(y_t)) )
+          s_i = exp( (1/|y_i|) Σ_{t in y_i} log(π_θ(y_t) / π_old(y_t)) )   (y_i: the episode, see cfg.sequence)
     l_t = max( -A_t r_t,  -A_t clip(r_t, 1 - ε_low, 1 + ε_high) )
     l_t = min( l_t, -c A_t )   where A_t < 0                              (dual clip, when c is set)
     l_t = w_t · l_t,   w_t = min( π_old(y_t) / π_engine(y_t), C )         (truncated importance sampling, C set)
@@ -29,7 +29,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from agentgym.algos.aggregation import LossNormalizer, aggregate
+from agentgym.algos.aggregation import LossNormalizer, aggregate, sequence_keys
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.episodes import require_keys
 from agentgym.algos.kl import kl_penalty
@@ -50,7 +50,9 @@ class PolicyLossOutput:
     """[b, T] bool, True where the dual-clip bound -c·A was the one chosen"""
 
 
-PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, AlgoConfig], PolicyLossOutput]
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, AlgoConfig, Tensor], PolicyLossOutput]
+"""(log_ratio, logprobs, advantages, mask, cfg, seq_ids) -> PolicyLossOutput; seq_ids [b, T] is each policy
+token's sequence (`agentgym.algos.sequence_ids`), -1 elsewhere, and a micro-batch holds whole sequences"""
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")
 register_policy_loss = POLICY_LOSSES.register
 
@@ -76,7 +78,7 @@ def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_hig
 
 @register_policy_loss("ppo")
 def ppo_policy_loss(log_ratio: Tensor, logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                    cfg: AlgoConfig) -> PolicyLossOutput:
+                    cfg: AlgoConfig, seq_ids: Tensor) -> PolicyLossOutput:
     """PPO clip with a per-token ratio r_t = exp(log π_θ(y_t) - log π_old(y_t))."""
     ratio = torch.exp(log_ratio)
     losses, clipped, dual = clipped_surrogate(ratio, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
@@ -85,16 +87,19 @@ def ppo_policy_loss(log_ratio: Tensor, logprobs: Tensor, advantages: Tensor, mas
 
 @register_policy_loss("gspo")
 def gspo_policy_loss(log_ratio: Tensor, logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                     cfg: AlgoConfig) -> PolicyLossOutput:
+                     cfg: AlgoConfig, seq_ids: Tensor) -> PolicyLossOutput:
     """GSPO (Zheng et al., "Group Sequence Policy Optimization"): clip the length-normalized sequence ratio.
 
-    log s_i = (1/|y_i|) Σ_t log r_t over the row's policy tokens. The token form
-    r_t = sg[s_i] · π_θ(y_t)/sg[π_θ(y_t)] has value s_i and the gradient of s_i spread over the tokens, so with
-    seq-mean-token-mean aggregation the loss equals GSPO's sequence objective in value and gradient.
+    log s_i = (1/|y_i|) Σ_t log r_t over the policy tokens of sequence i (`seq_ids`: the episode, across its rows).
+    The token form r_t = sg[s_i] · π_θ(y_t)/sg[π_θ(y_t)] has value s_i and the gradient of s_i spread over the
+    tokens, so with seq-mean-token-mean aggregation the loss equals GSPO's sequence objective in value and gradient.
     """
-    lengths = mask.sum(-1).clamp(min=1)
-    seq_log_ratio = (log_ratio * mask).sum(-1) / lengths
-    token_log_ratio = seq_log_ratio.detach()[:, None] + logprobs - logprobs.detach()
+    ids = torch.where(mask, seq_ids, 0)
+    num = int(ids.max().item()) + 1 if ids.numel() else 1
+    sums = log_ratio.new_zeros(num).index_add(0, ids[mask], log_ratio.detach()[mask])
+    lengths = torch.bincount(ids[mask], minlength=num).clamp(min=1).to(log_ratio.dtype)
+    seq_log_ratio = (sums / lengths)[ids]
+    token_log_ratio = seq_log_ratio + logprobs - logprobs.detach()
     ratio = torch.exp(token_log_ratio)
     losses, clipped, dual = clipped_surrogate(ratio, advantages, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip_c)
     return PolicyLossOutput(losses.masked_fill(~mask, 0.0), ratio.detach(), clipped & mask, dual & mask)
@@ -149,11 +154,14 @@ def actor_loss(logprobs: Tensor, batch: TensorDict, cfg: AlgoConfig, normalizer:
         raise KeyError("cfg.tis_cap is set but the batch lacks 'trainer_old_logprobs': fill it with the trainer's "
                        "logprobs of the sampled tokens before the step's first update, or set tis_cap=None.")
     old_logprobs = batch["trainer_old_logprobs"].to(logprobs.dtype) if has_trainer_old else engine_logprobs
+    if "seq_ids" not in batch.keys():  # a micro-batch that is its own minibatch
+        batch = sequence_keys(batch, cfg)
+    seq_ids, seq_tokens = batch["seq_ids"], batch["seq_tokens"]
 
     # Zero the padding before any exp() so that inf/nan there cannot reach values or gradients.
     logprobs_m = logprobs.masked_fill(~mask, 0.0)
     log_ratio = logprobs_m - old_logprobs.masked_fill(~mask, 0.0)
-    out = POLICY_LOSSES.lookup(cfg.policy_loss)(log_ratio, logprobs_m, advantages, mask, cfg)
+    out = POLICY_LOSSES.lookup(cfg.policy_loss)(log_ratio, logprobs_m, advantages, mask, cfg, seq_ids)
     token_losses = out.losses
 
     metrics: dict[str, float] = {}
@@ -168,10 +176,10 @@ def actor_loss(logprobs: Tensor, batch: TensorDict, cfg: AlgoConfig, normalizer:
         mismatch = kl_penalty(engine_logprobs.masked_fill(~mask, 0.0), old_logprobs.masked_fill(~mask, 0.0), "k3")
         metrics["actor/mismatch_kl"] = _masked_mean(mismatch, mask)
 
-    pg_loss = aggregate(token_losses, mask, cfg.loss_agg, normalizer)
+    pg_loss = aggregate(token_losses, mask, cfg.loss_agg, normalizer, seq_tokens)
     loss = pg_loss
     if entropy is not None:
-        entropy_term = aggregate(entropy, mask, cfg.loss_agg, normalizer)
+        entropy_term = aggregate(entropy, mask, cfg.loss_agg, normalizer, seq_tokens)
         if cfg.entropy_coef != 0.0:
             loss = loss - cfg.entropy_coef * entropy_term
         metrics["actor/entropy"] = _masked_mean(entropy.detach(), mask)
@@ -179,7 +187,7 @@ def actor_loss(logprobs: Tensor, batch: TensorDict, cfg: AlgoConfig, normalizer:
         require_keys(batch, ("ref_logprobs",), "cfg.kl_coef > 0 puts KL to the reference policy in the loss")
         kl = kl_penalty(logprobs_m, batch["ref_logprobs"].to(logprobs.dtype).masked_fill(~mask, 0.0),
                         cfg.kl_estimator)
-        loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.loss_agg, normalizer)
+        loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.loss_agg, normalizer, seq_tokens)
         metrics["actor/kl_ref"] = _masked_mean(kl.detach(), mask)
 
     with torch.no_grad():
@@ -226,7 +234,9 @@ def critic_loss(values: Tensor, batch: TensorDict, cfg: AlgoConfig,
         clipped_errors = (clipped_values - returns) ** 2
         clipped_frac = _masked_mean((clipped_errors > errors).float(), mask)
         errors = torch.maximum(errors, clipped_errors)
-    value_loss = aggregate(0.5 * errors, mask, cfg.loss_agg, normalizer)
+    if "seq_tokens" not in batch.keys():
+        batch = sequence_keys(batch, cfg)
+    value_loss = aggregate(0.5 * errors, mask, cfg.loss_agg, normalizer, batch["seq_tokens"])
     metrics = {
         "critic/value_loss": float(value_loss.detach().item()),
         "critic/clip_frac": clipped_frac,

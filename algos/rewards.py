@@ -35,7 +35,8 @@ def shape_rewards(batch: TensorDict, cfg: AlgoConfig) -> TensorDict:
     """A copy of `batch` with shaped token_rewards and episode_return.
 
     - KL in the reward (cfg.kl_in_reward and cfg.kl_coef > 0): r_t -= β · KL_k(π_old || π_ref)_t on every policy
-      token, from old_logprobs and ref_logprobs (REINFORCE++ puts its k1 penalty here).
+      token, from the trainer's old logprobs (trainer_old_logprobs when it recomputed them, else the engine's
+      old_logprobs) and ref_logprobs (REINFORCE++ puts its k1 penalty here).
     - Overlong (cfg.overlong_buffer_frac > 0): each episode's `overlong_penalty` of its total policy tokens (over
       all its rows) is added to the reward on its last policy token; needs cfg.max_tokens.
     With neither configured, the batch is returned unchanged. Call it after `filter_groups` and before
@@ -53,7 +54,8 @@ def shape_rewards(batch: TensorDict, cfg: AlgoConfig) -> TensorDict:
 
     if use_kl:
         require_keys(batch, ("ref_logprobs", "old_logprobs"), "cfg.kl_in_reward subtracts β·KL from the rewards")
-        kl = kl_penalty(batch["old_logprobs"].float(), batch["ref_logprobs"].float(), cfg.kl_estimator)
+        old = batch["trainer_old_logprobs"] if "trainer_old_logprobs" in batch.keys() else batch["old_logprobs"]
+        kl = kl_penalty(old.float(), batch["ref_logprobs"].float(), cfg.kl_estimator)
         added = added - torch.where(mask, cfg.kl_coef * kl, 0.0).to(rewards.dtype)
 
     if use_overlong:

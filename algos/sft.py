@@ -50,7 +50,8 @@ def sft_loss(
     mask = batch["loss_mask"].bool()
     # masked_fill before the sum: padding and observation positions may hold anything (even inf) and contribute 0.
     nll = -logprobs.masked_fill(~mask, 0.0)
-    loss = aggregate(nll, mask, loss_agg, normalizer)
+    seq_tokens = batch["seq_tokens"] if "seq_tokens" in batch.keys() else None
+    loss = aggregate(nll, mask, loss_agg, normalizer, seq_tokens)
     n = int(mask.sum().item())
     metrics = {
         "sft/loss": float(loss.detach().item()),

@@ -58,12 +58,11 @@ def _peak_rss_gib() -> float:
 
 
 # -- agentgym side --------------------------------------------------------------------------------------------------
-def run_ours(steps: int, model_dir: str) -> dict:
-    import torch
-
+def our_config(steps: int, model_dir: str, run_dir: str):
+    """agentgym's ``TrainConfig`` for the benchmark (and the env it names, registered as ``bench/AddTwo-v0``)."""
     import agentgym
     from agentgym.message_env import MessageEnv
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.trainer import TrainConfig
 
     data = prompts()
 
@@ -80,14 +79,22 @@ def run_ours(steps: int, model_dir: str) -> dict:
             return [], r, True, False, {"success": r > 0}
 
     agentgym.register("bench/AddTwo-v0", AddTwo)
-    run_dir = tempfile.mkdtemp(prefix="vs_trl_ours_")
-    cfg = TrainConfig(
+    return TrainConfig(
         env="bench/AddTwo-v0", model=model_dir, algo="grpo",
         algo_kwargs={"kl_coef": 0.0, "loss_agg": "token-mean"},
         groups_per_iteration=1, group_size=GROUP, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, lr=LR,
         epochs=1, minibatches=1, micro_batch_size=GROUP, max_grad_norm=1.0, seed=0, iterations=steps,
         run_dir=run_dir, wandb=False, progress=False, export=False, save_episodes=GROUP,
     )
+
+
+def run_ours(steps: int, model_dir: str) -> dict:
+    import torch
+
+    from agentgym.trainer import Trainer
+
+    run_dir = tempfile.mkdtemp(prefix="vs_trl_ours_")
+    cfg = our_config(steps, model_dir, run_dir)
     t_load = time.perf_counter()
     trainer = Trainer(cfg)
     load_s = time.perf_counter() - t_load

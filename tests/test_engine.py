@@ -40,15 +40,17 @@ def _prompts(tok, texts):
 TEXTS = ["Hello there, how are you", "Hi", "A much longer prompt than the other two prompts in here", "x = 1 + 2"]
 
 
-def teacher_forced(model, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+def teacher_forced(model, prompt: list[int], completion: list[int], temperature: float, top_k: int = 0,
+                   top_p: float = 1.0) -> torch.Tensor:
     """Logprobs of ``completion`` given ``prompt`` from one unpadded forward pass over the whole sequence."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt) - 1 : -1]
-    return sampled_logprobs(logits, torch.tensor(completion), temperature)
+    return sampled_logprobs(logits, torch.tensor(completion), temperature, top_k, top_p)
 
 
-def teacher_forced_batch(model, seqs: list[tuple[list[int], list[int]]], temperature: float, pad_id: int):
+def teacher_forced_batch(model, seqs: list[tuple[list[int], list[int]]], temperature: float, pad_id: int,
+                         top_k: int = 0, top_p: float = 1.0):
     """The same from one right-padded batched forward pass."""
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.full((len(seqs), width), pad_id)
@@ -60,20 +62,21 @@ def teacher_forced_batch(model, seqs: list[tuple[list[int], list[int]]], tempera
         logits = model(ids, attention_mask=mask).logits
     out = []
     for i, (p, c) in enumerate(seqs):
-        out.append(sampled_logprobs(logits[i, len(p) - 1 : len(p) + len(c) - 1], torch.tensor(c), temperature))
+        out.append(sampled_logprobs(logits[i, len(p) - 1 : len(p) + len(c) - 1], torch.tensor(c), temperature,
+                                    top_k, top_p))
     return out
 
 
-def assert_exact(model, prompts, results, temperature, pad_id=0):
+def assert_exact(model, prompts, results, temperature, pad_id=0, top_k=0, top_p=1.0):
     seqs = []
     for prompt, completions in zip(prompts, results):
         for c in completions:
             assert isinstance(c, Completion)
             assert len(c.token_ids) == len(c.logprobs) > 0
-            ref = teacher_forced(model, prompt, c.token_ids, temperature)
+            ref = teacher_forced(model, prompt, c.token_ids, temperature, top_k, top_p)
             assert torch.allclose(torch.tensor(c.logprobs), ref, atol=TOL), (c.logprobs, ref.tolist())
             seqs.append((prompt, c.token_ids))
-    refs = teacher_forced_batch(model, seqs, temperature, pad_id)
+    refs = teacher_forced_batch(model, seqs, temperature, pad_id, top_k, top_p)
     got = [torch.tensor(c.logprobs) for cs in results for c in cs]
     for g, r in zip(got, refs):
         assert torch.allclose(g, r, atol=TOL)
@@ -94,7 +97,7 @@ def test_logprobs_match_teacher_forcing(engine, policy, params):
     prompts = _prompts(tok, TEXTS)
     results = engine.generate(prompts, params)
     assert [len(r) for r in results] == [params.n] * len(prompts)
-    assert_exact(model, prompts, results, params.temperature, tok.pad_token_id)
+    assert_exact(model, prompts, results, params.temperature, tok.pad_token_id, params.top_k, params.top_p)
 
 
 def test_gqa_and_qwen_families_match_teacher_forcing():
@@ -426,8 +429,9 @@ def test_generic_forward_runs_other_architectures(policy):
 def _frequencies(logits: torch.Tensor, params: SamplingParams, draws: int = 40000) -> torch.Tensor:
     rows = logits.expand(draws, -1).contiguous()
     tokens, logprobs = _sample(rows, params, torch.Generator().manual_seed(0))
-    temp = params.temperature if params.temperature else 1.0
-    assert torch.allclose(logprobs, torch.log_softmax(rows / temp, -1).gather(1, tokens[:, None]).squeeze(1), atol=1e-6)
+    # The reported logprob is that of the (truncated, renormalized) distribution sampled from.
+    expected = sampled_logprobs(rows, tokens, params.temperature, params.top_k, params.top_p)
+    assert torch.allclose(logprobs, expected, atol=1e-6)
     return torch.bincount(tokens, minlength=logits.shape[-1]).float() / draws
 
 

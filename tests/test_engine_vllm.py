@@ -42,11 +42,9 @@ def test_sampling_params_translation():
     kw = vllm_sampling_kwargs(SamplingParams(stop_token_ids=[5, 7]))
     assert kw["ignore_eos"] is True and kw["stop_token_ids"] == [5, 7]
     # vLLM's logprobs come after top-k/top-p: refused unless asked for.
-    with pytest.raises(ValueError, match="top_k/top_p"):
-        vllm_sampling_kwargs(SamplingParams(top_k=5))
-    with pytest.raises(ValueError, match="allow_truncated_logprobs"):
-        vllm_sampling_kwargs(SamplingParams(top_p=0.9))
-    assert vllm_sampling_kwargs(SamplingParams(top_p=0.9), allow_truncated_logprobs=True)["top_p"] == 0.9
+    # Truncated sampling: vLLM's processed logprobs are those of the truncated distribution, as the contract says.
+    assert vllm_sampling_kwargs(SamplingParams(top_p=0.9))["top_p"] == 0.9
+    assert vllm_sampling_kwargs(SamplingParams(top_k=5))["top_k"] == 5
     greedy = vllm_sampling_kwargs(SamplingParams(temperature=0, top_k=5, top_p=0.5))
     assert greedy["top_k"] == 0 and greedy["top_p"] == 1.0
 

@@ -45,11 +45,13 @@ def train(algo: str, iterations: int, tmp_path, seed: int = 0, **algo_kwargs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("algo, iterations", [("ppo", 60), ("grpo", 55)])
+@pytest.mark.parametrize("algo, iterations", [("ppo", 60), ("grpo", 120)])
 def test_tiny_model_learns_guess_number(algo, iterations, seed, tmp_path):
     (sampled0, greedy0), (sampled1, greedy1), history = train(algo, iterations, tmp_path, seed=seed, kl_coef=0.0)
     curve = [round(h["success_rate"], 2) for h in history]
     assert sampled0 <= 0.3 and greedy0 <= 0.3, curve
     # The policy's own reply (greedy) solves the task; sampling at temperature 1 is close behind.
-    assert greedy1 >= 0.9, (sampled1, greedy1, curve)
+    assert greedy1 == 1.0, (sampled1, greedy1, curve)
     assert sampled1 >= 0.6, (sampled1, greedy1, curve)
+    # Once learned, it stays learned: no collapse late in the run (the last 20 iterations, sampled in training).
+    assert min(curve[-20:]) >= 0.8, curve

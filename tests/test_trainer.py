@@ -103,6 +103,25 @@ def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path, algo)
     resumed.close()
 
 
+def test_a_resumed_run_logs_each_iteration_once(tmp_path):
+    # A run that logged iteration 3 but was killed before its checkpoint: the checkpoint of iteration 2 survives.
+    first = make_trainer(tmp_path, "run", iterations=3, checkpoint_every=2, save_episodes=2)
+    first.train()
+    first.close()
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_000003")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_000002")
+    resumed = make_trainer(tmp_path, "run", iterations=4, resume=str(tmp_path / "run"), save_episodes=2)
+    assert resumed.iteration == 2
+    resumed.train()
+    resumed.close()
+    metrics = [json.loads(x)["iteration"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    episodes = [json.loads(x)["iteration"] for x in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert metrics == [1, 2, 3, 4]
+    assert episodes == [1, 1, 2, 2, 3, 3, 4, 4]
+
+
 def test_export_is_a_normal_hf_model_with_the_trained_weights(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -3,12 +3,13 @@
 An engine turns token-id contexts into sampled token ids, each with the logprob it was sampled at. The trainer
 relies on that logprob being exactly this quantity (see ``docs/CONTRACTS.md``)::
 
-    logprob(token) = log_softmax(logits / T)[token]
+    logprob(token) = log_softmax(logits / T)[token]                 (no top-k / top-p)
+    logprob(token) = truncated_log_softmax(logits / T, k, p)[token]  (renormalized over what top-k, top-p keep)
 
-where ``logits`` are the model's fp32 next-token logits for the context, ``T`` is the sampling temperature
-(``T = 1`` for greedy decoding, ``temperature == 0``), taken *before* top-k / top-p truncation. The trainer computes
-the same number with :func:`sampled_logprobs` on a teacher-forced forward pass, so ``old_logprobs`` need no second
-forward pass.
+where ``logits`` are the model's fp32 next-token logits for the context and ``T`` is the sampling temperature
+(``T = 1`` for greedy decoding, ``temperature == 0``): the logprob of the distribution the token was drawn from, the
+behaviour policy. The trainer computes the same number on a teacher-forced forward pass
+(:func:`agentgym.policy.forward`), so ``old_logprobs`` need no second forward pass.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Completion:
     token_ids: list[int]
     """The sampled tokens, exactly as sampled (a stop token that ended the completion included)."""
     logprobs: list[float]
-    """``log_softmax(logits / T)`` of each sampled token, before top-k / top-p (one per token)."""
+    """The logprob of each sampled token under the distribution it was sampled from (one per token)."""
     finish_reason: FinishReason
     """``"stop"`` (a stop token or stop string) or ``"length"`` (``max_new_tokens`` or the context limit)."""
     text: str = ""
@@ -141,18 +142,52 @@ class Engine(abc.ABC):
         """Replace the policy weights with ``state_dict`` (the trainer's after an update). Drops kept contexts."""
 
 
-def sampled_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """The engine's logprob of each token: ``log_softmax(logits / T)`` at ``token_ids`` in fp32.
+def sampled_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0) -> torch.Tensor:
+    """The engine's logprob of each token: ``log_softmax(logits / T)`` at ``token_ids`` in fp32, renormalized over
+    what top-k / top-p keep when they are set (greedy, ``temperature == 0``, ignores them).
 
     Args:
         logits: ``[..., V]`` next-token logits (the logits at position ``t - 1`` score token ``t``).
         token_ids: ``[...]`` token ids.
         temperature: sampling temperature; 0 (greedy) counts as 1.
+        top_k, top_p: the truncation sampled with (0 / 1: none).
 
     Returns:
-        ``[...]`` fp32 logprobs.
+        ``[...]`` fp32 logprobs (-inf for a token the truncation would not keep).
     """
     logits = logits.float()
     if temperature not in (0, 1):
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, token_ids.unsqueeze(-1).long()).squeeze(-1)
+    if temperature == 0:
+        top_k, top_p = 0, 1.0
+    shape = logits.shape
+    logp = truncated_log_softmax(logits.reshape(-1, shape[-1]), top_k, top_p).reshape(shape)
+    return logp.gather(-1, token_ids.unsqueeze(-1).long()).squeeze(-1)
+
+
+def keep_sorted(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which candidates top-p keeps, given their probabilities ``probs`` ``[N, K]`` sorted descending (over the
+    whole vocabulary, or renormalized over the top-k): the smallest prefix whose mass reaches ``top_p``, the most
+    likely token always. ``[N, K]`` bool."""
+    if top_p >= 1.0:
+        return torch.ones_like(probs, dtype=torch.bool)
+    return (probs.cumsum(dim=-1) - probs) < top_p
+
+
+def truncated_log_softmax(scaled: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """``log_softmax`` of temperature-scaled logits ``[N, V]`` over the tokens that top-k, then top-p, keep; -inf
+    elsewhere. This is the distribution an engine samples from, and the logprob it reports, with truncation."""
+    vocab = scaled.shape[-1]
+    top_k = top_k if 0 < top_k < vocab else 0
+    if not top_k and top_p >= 1.0:
+        return torch.log_softmax(scaled, dim=-1)
+    with torch.no_grad():
+        if top_k:
+            values, index = torch.topk(scaled, top_k, dim=-1)
+            probs = torch.softmax(values, dim=-1)
+        else:
+            values, index = torch.sort(scaled, dim=-1, descending=True)
+            probs = torch.exp(values - torch.logsumexp(scaled, dim=-1, keepdim=True))
+        keep = torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, index, keep_sorted(probs, top_p))
+    return torch.log_softmax(scaled.masked_fill(~keep, -torch.inf), dim=-1)

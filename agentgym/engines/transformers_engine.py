@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentgym.engines.base import Completion, Engine, SamplingParams
+from agentgym.engines.base import Completion, Engine, SamplingParams, keep_sorted
 
 _FAST_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
@@ -313,8 +313,9 @@ def _sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row of fp32 ``logits`` ``[rows, V]``; return ``(tokens, logprobs)``.
 
-    The logprob is ``log_softmax(logits / T)`` at the sampled token, before top-k / top-p. Top-k is applied
-    before top-p, and top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``.
+    The logprob is that of the distribution sampled from: ``log_softmax(logits / T)`` at the token, renormalized
+    over the tokens top-k / top-p keep when they are set (as vLLM's processed logprobs). Top-k is applied before
+    top-p, and top-p keeps the smallest set of most likely tokens whose probability (after top-k) reaches ``top_p``.
     """
     if params.greedy:
         tokens = logits.argmax(dim=-1)
@@ -326,22 +327,24 @@ def _sample(
     top_k = params.top_k if 0 < params.top_k < vocab else 0
     if not top_k and params.top_p >= 1.0:
         tokens = _inverse_cdf(torch.exp(scaled - lse), generator)
+        logprobs = (scaled.gather(1, tokens[:, None]) - lse).squeeze(1)
+        return tokens, logprobs
+    # Only the candidates need sorting: the top-k, or for top-p alone the 1024 most likely tokens when they
+    # already hold top_p of the mass (else the whole vocabulary).
+    k = top_k or min(vocab, 1024)
+    values, index = torch.topk(scaled, k, dim=-1)
+    if top_k:
+        probs = torch.softmax(values, dim=-1)
     else:
-        # Only the candidates need sorting: the top-k, or for top-p alone the 1024 most likely tokens when they
-        # already hold top_p of the mass (else the whole vocabulary).
-        k = top_k or min(vocab, 1024)
-        values, index = torch.topk(scaled, k, dim=-1)
-        if top_k:
-            base = torch.softmax(values, dim=-1)
-        else:
-            base = torch.exp(values - lse)
-            if k < vocab and bool((base.sum(dim=-1) < params.top_p).any()):
-                values, index = torch.sort(scaled, dim=-1, descending=True)
-                base = torch.exp(values - lse)
-        if params.top_p < 1.0:
-            base = base.masked_fill((base.cumsum(dim=-1) - base) >= params.top_p, 0.0)
-        tokens = index.gather(1, _inverse_cdf(base, generator)[:, None]).squeeze(1)
-    logprobs = (scaled.gather(1, tokens[:, None]) - lse).squeeze(1)
+        probs = torch.exp(values - lse)
+        if k < vocab and bool((probs.sum(dim=-1) < params.top_p).any()):
+            values, index = torch.sort(scaled, dim=-1, descending=True)
+            probs = torch.exp(values - lse)
+    keep = keep_sorted(probs, params.top_p)
+    kept = values.masked_fill(~keep, -torch.inf)
+    choice = _inverse_cdf(torch.softmax(kept, dim=-1), generator)
+    tokens = index.gather(1, choice[:, None]).squeeze(1)
+    logprobs = (kept.gather(1, choice[:, None]) - torch.logsumexp(kept, dim=-1, keepdim=True)).squeeze(1)
     return tokens, logprobs
 
 
@@ -556,6 +559,14 @@ class TransformersEngine(Engine):
         with self._lock:
             self._kept.clear()
 
+    def release_memory(self) -> None:
+        """Free what only sampling needs (kept contexts, packed weight copies) while the trainer updates the
+        weights; the next ``generate`` repacks, as it would after any weight change."""
+        with self._lock:
+            self._kept.clear()
+            if self._packed:
+                self._forward.packed = None
+
     @property
     def kept_keys(self) -> list[str]:
         """The cache keys whose contexts are kept, least recently used first."""
@@ -586,6 +597,8 @@ class TransformersEngine(Engine):
                 self._weights_seen = signature
                 if self._packed:
                     self._forward.pack()
+            elif self._packed and self._forward.packed is None:  # released by release_memory()
+                self._forward.pack()
             return self._generate(prompts, params, cache_keys)
 
     def _as_ids(self, prompt: Sequence[int], index: int) -> list[int]:
@@ -712,6 +725,8 @@ class TransformersEngine(Engine):
             params, cache, valid, first_logits, row_budget, row_len, prompt_end, max_steps
         )
         self.last_stats = {
+            "kv_cache_bytes": 2 * (cache.k.numel() + (prefill_cache.k.numel() if prefill_cache is not cache else 0))
+            * cache.k.element_size(),
             "prompt_tokens": sum(lens_s),
             "reused_tokens": sum(reuse_s),
             "prefill_tokens": sum(new_s),

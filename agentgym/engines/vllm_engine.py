@@ -4,10 +4,9 @@ Install with ``pip install 'agentgym[vllm]'``; it needs a CUDA GPU. On a CPU use
 :class:`~agentgym.engines.TransformersEngine`.
 
 - Token ids in, token ids and per-token logprobs out. vLLM is started with ``logprobs_mode="processed_logprobs"``,
-  so the logprob of a sampled token is taken after temperature, which is the engine contract's
-  ``log_softmax(logits / T)``. vLLM also applies top-k / top-p before that logprob, which the contract does not:
-  requests with ``top_k`` or ``top_p`` are refused unless the engine is built with
-  ``allow_truncated_logprobs=True`` (then the trainer must recompute old logprobs itself).
+  so the logprob of a sampled token is taken after temperature and after top-k / top-p, renormalized over what
+  they keep: the engine contract's logprob of the distribution sampled from, which the trainer computes the same
+  way (:func:`agentgym.policy.forward` with the run's ``top_k`` / ``top_p``).
 - Multi-turn reuse comes from vLLM's automatic prefix caching, so ``cache_keys`` need no bookkeeping here and
   ``release`` does nothing.
 - ``load_weights(state_dict)`` loads the trainer's weights into the model vLLM runs in-process, then resets the prefix
@@ -52,18 +51,12 @@ def _check_available() -> None:
         )
 
 
-def vllm_sampling_kwargs(params: SamplingParams, *, allow_truncated_logprobs: bool = False) -> dict[str, Any]:
+def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     """The keyword arguments of ``vllm.SamplingParams`` equivalent to ``params`` (with the sampled-token logprob).
 
     ``stop_token_ids=None`` keeps vLLM's end-of-sequence handling; a list (even empty) replaces it, as in
     :class:`SamplingParams`.
     """
-    if (params.top_k or params.top_p < 1.0) and not params.greedy and not allow_truncated_logprobs:
-        raise ValueError(
-            "VLLMEngine cannot return the contract's logprobs with top_k/top_p: vLLM takes them after the "
-            "truncation. Sample without top_k/top_p, or build the engine with allow_truncated_logprobs=True and "
-            "recompute old logprobs in the trainer."
-        )
     kwargs: dict[str, Any] = {
         "n": params.n,
         "temperature": float(params.temperature),
@@ -106,8 +99,6 @@ class VLLMEngine(Engine):
             match an fp32 trainer closely.
         gpu_memory_utilization: share of the GPU vLLM may take (leave room for the trainer when colocated).
         seed: vLLM's global seed.
-        allow_truncated_logprobs: accept top_k / top_p although the logprobs then follow the truncated
-            distribution (see the module docstring).
         **llm_kwargs: passed to ``vllm.LLM`` (e.g. ``max_model_len``, ``enforce_eager``).
     """
 
@@ -118,7 +109,6 @@ class VLLMEngine(Engine):
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.5,
         seed: int = 0,
-        allow_truncated_logprobs: bool = False,
         **llm_kwargs: Any,
     ) -> None:
         _check_available()
@@ -129,7 +119,6 @@ class VLLMEngine(Engine):
 
         path = str(default_model_dir()) if os.fspath(model) == DEFAULT_MODEL else os.fspath(model)
         self._vllm = vllm
-        self._allow_truncated = allow_truncated_logprobs
         llm_kwargs.setdefault("enable_prefix_caching", True)
         try:
             self.llm = vllm.LLM(
@@ -160,7 +149,7 @@ class VLLMEngine(Engine):
         cache_keys: Sequence[str] | None = None,
     ) -> list[list[Completion]]:
         params = params if params is not None else SamplingParams()
-        sp = self._vllm.SamplingParams(**vllm_sampling_kwargs(params, allow_truncated_logprobs=self._allow_truncated))
+        sp = self._vllm.SamplingParams(**vllm_sampling_kwargs(params))
         inputs = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         if not inputs:
             return []
