@@ -195,12 +195,12 @@ def to_batch(episodes: Sequence[Episode], pad_id: int = 0) -> tuple[TensorDict, 
     return batch, {"unmerged_episodes": float(unmerged), "multi_turn_episodes": float(multi)}
 
 
-def length_buckets(batch: TensorDict, rows_per_micro: int) -> list[torch.Tensor]:
-    """Split ``batch``'s rows into micro-batches of up to ``rows_per_micro`` rows of similar length.
+def length_buckets(batch: TensorDict, rows_per_micro: int, tokens_per_micro: int = 0) -> list[torch.Tensor]:
+    """Split ``batch``'s rows into micro-batches of up to ``rows_per_micro`` rows of similar length, and with
+    ``tokens_per_micro`` > 0 of at most that many padded tokens (rows x longest row).
 
     Rows of one episode (same episode_id and agent_id) stay in one micro-batch (a sequence-level loss such as GSPO's
-    needs all of an episode's tokens at once); an episode with more rows than ``rows_per_micro`` gets a micro-batch
-    of its own. Episodes go longest first, so each micro-batch, cut to its longest row (`trim`), carries little
+    needs all of an episode's tokens at once); an episode larger than the limits gets a micro-batch of its own. Episodes go longest first, so each micro-batch, cut to its longest row (`trim`), carries little
     padding. Returns row-index tensors that cover every row once.
     """
     if rows_per_micro < 1:
@@ -222,11 +222,15 @@ def length_buckets(batch: TensorDict, rows_per_micro: int) -> list[torch.Tensor]
     rows_of = [[] for _ in range(num)]
     for r, e in enumerate(episode.tolist()):
         rows_of[e].append(r)
-    out, current = [], []
+    out, current, width = [], [], 0
     for e in order:
-        if current and len(current) + len(rows_of[e]) > rows_per_micro:
+        rows = len(current) + len(rows_of[e])
+        too_many = rows > rows_per_micro or (tokens_per_micro > 0 and rows * width > tokens_per_micro)
+        if current and too_many:
             out.append(torch.tensor(current, dtype=torch.long))
             current = []
+        if not current:
+            width = int(longest[e])  # longest first: the first episode of a micro-batch sets its width
         current += rows_of[e]
     if current:
         out.append(torch.tensor(current, dtype=torch.long))

@@ -113,10 +113,11 @@ def forward(
 
 def head_logprobs(
     head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float = 1.0, top_k: int = 0,
-    top_p: float = 1.0, with_entropy: bool = False, chunk: int = HEAD_CHUNK_TOKENS,
+    top_p: float = 1.0, with_entropy: bool = False, chunk: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``(logprobs [N], entropies [N] or None)`` of ``targets`` under ``head(hidden) / temperature`` (truncated by
-    top-k / top-p when set), computed ``chunk`` rows at a time."""
+    top-k / top-p when set), computed ``chunk`` (default ``HEAD_CHUNK_TOKENS``) rows at a time."""
+    chunk = chunk or HEAD_CHUNK_TOKENS
     lps, ents = [], []
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     for i in range(0, hidden.shape[0], chunk):

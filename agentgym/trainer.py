@@ -73,11 +73,12 @@ class TrainConfig:
     """rows per forward/backward pass (gradient accumulation within a minibatch); rows of similar length go
     together and each micro-batch is cut to its longest row, and an episode split into several rows is never
     split across micro-batches"""
-    activation_checkpointing: str = "auto"
-    """recompute each decoder layer's activations in backward instead of keeping them: on | off | auto (on when a
-    micro-batch's kept activations would exceed activation_memory_mb)"""
     activation_memory_mb: int = 1024
-    """activation_checkpointing=auto: the estimated activation memory of a micro-batch above which it turns on"""
+    """activation memory a micro-batch may take (estimated from the model's shapes): micro-batches hold fewer rows
+    when theirs would exceed it (0: no token limit)"""
+    activation_checkpointing: str = "auto"
+    """recompute each decoder layer's activations in backward instead of keeping them: on | off | auto (on for a
+    micro-batch whose activations still exceed activation_memory_mb, e.g. one long episode)"""
     lr: float = 2e-6
     """AdamW learning rate for the policy"""
     value_lr: float = 1e-4
@@ -113,6 +114,8 @@ class TrainConfig:
     """show a progress bar"""
     save_episodes: int = 8
     """episodes per iteration written to run_dir/episodes.jsonl for `agentgym inspect` (0: none)"""
+    max_failed_iterations: int = 3
+    """stop, with the first errors, after this many iterations in a row in which every episode failed (0: never)"""
     rollout_workers: int = 0
     """roll out on N Ray actors, each with its own engine (0: in this process); see docs/scaling.md"""
     trainer_procs: int = 1
@@ -194,6 +197,8 @@ class Trainer:
         if cfg.activation_checkpointing not in ("auto", "on", "off"):
             raise ValueError(f"activation_checkpointing must be auto, on or off, got {cfg.activation_checkpointing!r}")
         self._act_bytes = activation_bytes_per_token(model)
+        budget = cfg.activation_memory_mb * 2**20
+        self._micro_tokens = int(budget // self._act_bytes) if budget and self._act_bytes else 0
         self.engine = engine if engine is not None else TransformersEngine(model, tokenizer)
         self.params = SamplingParams(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
@@ -267,7 +272,7 @@ class Trainer:
             subsets = [torch.nonzero(batch["adapter_id"] == a).flatten() for a in range(len(names))]
         out = []
         for name, rows in zip(names, subsets):
-            for idx in length_buckets(batch[rows], self.cfg.micro_batch_size):
+            for idx in length_buckets(batch[rows], self.cfg.micro_batch_size, self._micro_tokens):
                 out.append((name, rows[idx]))
         return out
 
@@ -282,7 +287,7 @@ class Trainer:
         mode = self.cfg.activation_checkpointing
         tokens = int(micro["attention_mask"].numel())  # padded: the forward computes every column
         self._max_micro_tokens = max(getattr(self, "_max_micro_tokens", 0), tokens)
-        on = mode == "on" or (mode == "auto" and tokens * self._act_bytes > self.cfg.activation_memory_mb * 2**20)
+        on = mode == "on" or (mode == "auto" and self._micro_tokens > 0 and tokens > self._micro_tokens)
         if on != getattr(self, "_checkpointing_on", False):
             self._checkpointing_on = on and set_activation_checkpointing(self.model, True)
             if not on:
@@ -464,6 +469,9 @@ class Trainer:
         episodes, sampling = self._collect_batch()
         t_rollout = time.perf_counter() - t0
         self._save_episodes(episodes)
+        if not episodes:
+            return self._failed_iteration(t0)
+        self._failed_in_a_row = 0
         release = getattr(self.engine, "release_memory", None)
         if release is not None:  # sampling's packed weights and kept contexts are not needed while training
             release()
@@ -502,6 +510,33 @@ class Trainer:
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.iteration += 1
         return metrics
+
+    def _failed_iteration(self, t0: float) -> dict[str, float]:
+        """An iteration in which no episode reached the policy: record why, go on or stop (max_failed_iterations)."""
+        failed = list(getattr(self.collector, "last_unplayed", []) or [])
+        errors = [str(f.get("error")) for f in failed if f.get("error")]
+        self._failed_in_a_row = getattr(self, "_failed_in_a_row", 0) + 1
+        if self.cfg.save_episodes > 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with (self.run_dir / "episodes.jsonl").open("a") as f:
+                for rec in failed[: self.cfg.save_episodes]:
+                    f.write(json.dumps({"iteration": self.iteration + 1, "failed": True, **scalar_info(rec)}) + "\n")
+        summary = (f"iteration {self.iteration + 1}: all {len(failed)} episodes failed before the policy's first "
+                   f"turn, so there is nothing to train on")
+        if errors:
+            first = list(dict.fromkeys(errors))[:3]
+            summary += "; first errors: " + " | ".join(e if len(e) < 300 else e[:300] + "..." for e in first)
+        limit = self.cfg.max_failed_iterations
+        if limit and self._failed_in_a_row >= limit:
+            raise RuntimeError(f"{summary}. Stopped after {self._failed_in_a_row} such iterations in a row "
+                               "(max_failed_iterations).")
+        import warnings
+
+        warnings.warn(summary, stacklevel=2)
+        self.iteration += 1
+        return {"episodes": 0.0, "failed_episodes": float(len(failed)), "reward_mean": math.nan,
+                "success_rate": math.nan, "iteration_s": time.perf_counter() - t0,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def _save_episodes(self, episodes: list[Episode]) -> None:
         if self.cfg.save_episodes <= 0:

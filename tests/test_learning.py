@@ -53,5 +53,7 @@ def test_tiny_model_learns_guess_number(algo, iterations, seed, tmp_path):
     # The policy's own reply (greedy) solves the task; sampling at temperature 1 is close behind.
     assert greedy1 == 1.0, (sampled1, greedy1, curve)
     assert sampled1 >= 0.6, (sampled1, greedy1, curve)
-    # Once learned, it stays learned: no collapse late in the run (the last 20 iterations, sampled in training).
-    assert min(curve[-20:]) >= 0.8, curve
+    # Once learned, it stays learned: after training success first reaches 0.95 it never falls below 0.9 (without
+    # the skipped zero-signal steps, GRPO's seed 1 fell to 0.44 at iteration 47 and stayed near 0.5 for 40).
+    learned = next((i for i, s in enumerate(curve) if s >= 0.95), None)
+    assert learned is not None and min(curve[learned:]) >= 0.9, curve

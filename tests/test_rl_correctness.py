@@ -311,6 +311,14 @@ def test_micro_batches_keep_an_episodes_rows_together(tmp_path):
         assert all(set(batch["episode_id"][q].tolist()).isdisjoint(episodes) for q in parts if q is not p)
     # Longest first: episode 2 (10 tokens) leads.
     assert batch["episode_id"][parts[0]].tolist()[0] == 2
+    # A token limit: rows x longest row stays within it, except for an episode too large alone.
+    for limit in (1, 10, 12, 20):
+        parts = length_buckets(batch, 8, tokens_per_micro=limit)
+        assert sorted(int(r) for p in parts for r in p) == list(range(5))
+        for p in parts:
+            lengths = batch["attention_mask"][p].sum(-1)
+            alone = len(set(batch["episode_id"][p].tolist())) == 1
+            assert alone or len(p) * int(lengths.max()) <= limit, (limit, p)
 
 
 # ---------------------------------------------------------------- 7. truncation is not termination
@@ -375,3 +383,44 @@ def test_an_empty_turns_reward_reaches_token_rewards():
     returns = algos.credit_returns(batch, c, algos.EpisodeIndex.from_batch(batch))
     # Token credit: the first token's return-to-go holds all three rewards (the empty turn's included).
     assert returns.tokens[0][batch["loss_mask"][0]].tolist() == pytest.approx([1.5, 1.5, 0.5])
+
+
+# ---------------------------------------------------------------- the fast paths compute the same gradients
+
+def _step_gradients(tmp_path, batch, name, **overrides):
+    """The gradients of the trainer's first optimizer step on ``batch`` (captured just before AdamW steps)."""
+    trainer = make_trainer(tmp_path / name, **overrides)
+    grads = []
+    real = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        grads.append([p.grad.detach().clone() if p.grad is not None else None for p in trainer.model.parameters()])
+        return real(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    trainer.update(batch.clone())
+    trainer.close()
+    return grads[0]
+
+
+def test_micro_batching_bucketing_checkpointing_and_head_chunks_give_the_same_gradients(tmp_path, monkeypatch):
+    from agentgym import policy
+
+    source = make_trainer(tmp_path / "source", groups_per_iteration=3)
+    batch = scored_batch(source, "random")
+    source.close()
+    assert batch["attention_mask"].sum(-1).unique().numel() > 1, "rows of different lengths exercise the trimming"
+    ref = _step_gradients(tmp_path, batch, "one", micro_batch_size=64, activation_checkpointing="off")
+    variants = {
+        "row by row": dict(micro_batch_size=1, activation_checkpointing="off"),
+        "buckets of 3": dict(micro_batch_size=3, activation_checkpointing="off"),
+        "token limit": dict(micro_batch_size=64, activation_memory_mb=1, activation_checkpointing="off"),
+        "checkpointed": dict(micro_batch_size=3, activation_checkpointing="on"),
+    }
+    results = {name: _step_gradients(tmp_path, batch, name, **kw) for name, kw in variants.items()}
+    monkeypatch.setattr(policy, "HEAD_CHUNK_TOKENS", 2)
+    results["head chunks of 2"] = _step_gradients(tmp_path, batch, "chunks", micro_batch_size=3)
+    assert sum(float(g.norm()) for g in ref if g is not None) > 0
+    for name, grads in results.items():
+        for g, r in zip(grads, ref):
+            assert torch.allclose(g, r, rtol=1e-4, atol=1e-7), (name, float((g - r).abs().max()))

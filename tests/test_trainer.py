@@ -135,3 +135,30 @@ def test_export_is_a_normal_hf_model_with_the_trained_weights(tmp_path):
         assert torch.allclose(model(ids).logits, trainer.model(ids).logits, atol=1e-5)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_000001"
     trainer.close()
+
+
+class FailingCollector:
+    """Every episode fails before the policy's first turn (e.g. an agent that raises)."""
+
+    def __init__(self):
+        self.last_unplayed, self.last_stats = [], {}
+
+    def collect(self, seed):
+        self.last_unplayed = [{"seed": seed, "error": "ValueError: the agent could not reach its tool"},
+                              {"seed": seed + 1, "error": "APIStatusError: 404 no such episode"}]
+        return []
+
+    def close(self):
+        pass
+
+
+def test_a_run_where_every_episode_fails_says_why(tmp_path):
+    trainer = make_trainer(tmp_path, iterations=5, max_failed_iterations=2, save_episodes=4)
+    trainer.collector = FailingCollector()
+    with pytest.warns(UserWarning, match="all 2 episodes failed"):
+        with pytest.raises(RuntimeError, match=r"all 2 episodes failed.*could not reach its tool.*404 no such "
+                                               r"episode.*2 such iterations in a row"):
+            trainer.train()
+    records = [json.loads(x) for x in (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 1, 2, 2] and all(r["failed"] for r in records)
+    assert records[0]["error"] == "ValueError: the agent could not reach its tool"
