@@ -5,11 +5,12 @@ process it can. :class:`~agentgym.agent_env.AgentEnv` with ``isolation="process"
 env and runs its episodes there one after another; a worker whose agent overstays is killed and the next episode
 starts a fresh one.
 
-The agent still reaches the policy over HTTP (``llm.base_url`` with the episode's headers), so only three things
-cross the pipe: the task and :class:`~agentgym.agent_env.LLM` going in, :func:`~agentgym.agent_env.emit_reward`
-values coming out (each acknowledged before the agent goes on, so a reward is always recorded before the agent's
-next LLM call), and the agent's result or error at the end. Tasks and results must pickle; with the ``spawn`` or
-``forkserver`` start method so must the agent (a module-level function).
+The agent still reaches the policy over HTTP (``llm.base_url``, the episode's own URL), so only three things
+cross the pipe: the task and :class:`~agentgym.agent_env.LLM` going in (with the environment variables to set
+before the episode: ``OPENAI_BASE_URL`` and the like, see ``AgentEnv(openai_env=...)``),
+:func:`~agentgym.agent_env.emit_reward` values coming out (each acknowledged before the agent goes on, so a reward is
+always recorded before the agent's next LLM call), and the agent's result or error at the end. Tasks and results
+must pickle; with the ``spawn`` or ``forkserver`` start method so must the agent (a module-level function).
 
 The worker leads a process group of its own, so a kill also ends the programs its tools started, and it kills that
 group itself when the process that started it dies. It is a daemon process: an agent may start subprocesses but
@@ -75,7 +76,8 @@ def _orphan_watch(trainer_pid: int) -> None:
 
 
 def _worker_main(conn: Any, agent: Callable[..., Any], trainer_pid: int) -> None:
-    """The worker process: run one episode per ``("run", id, task, llm)`` message until ``("close",)`` or EOF."""
+    """The worker process: run one episode per ``("run", id, task, llm, environ)`` message (``environ``: variables
+    to set first, or None) until ``("close",)`` or EOF."""
     from agentgym.agent_env import _current_episode
 
     if hasattr(os, "setsid"):
@@ -90,7 +92,9 @@ def _worker_main(conn: Any, agent: Callable[..., Any], trainer_pid: int) -> None
             return
         if msg[0] != "run":
             return
-        _, episode_id, task, llm = msg
+        _, episode_id, task, llm, environ = msg
+        if environ:
+            os.environ.update(environ)  # this worker's own environment: the episode's, until the next one's
         remote = _RemoteEpisode(conn, episode_id, lock)
         token = _current_episode.set(remote)
         try:
@@ -179,16 +183,17 @@ class AgentProcess:
                                           name="agentgym-agent-listener")
         self._listener.start()
 
-    def run(self, episode: Any, task: Any, llm: Any) -> None:
-        """Start ``episode`` (an :class:`agentgym.agent_env._Episode`) in the worker; its events arrive on
-        ``episode.events`` as in a thread: ``("done", result)`` or ``("error", message)``."""
+    def run(self, episode: Any, task: Any, llm: Any, environ: dict[str, str] | None = None) -> None:
+        """Start ``episode`` (an :class:`agentgym.agent_env._Episode`) in the worker, with the environment
+        variables ``environ`` set there first; its events arrive on ``episode.events`` as in a thread:
+        ``("done", result)`` or ``("error", message)``."""
         if not self.alive():
             self.kill()  # a worker that died on its own: release its pipe and listener
             self._start()
         self._episode = episode
         try:
             with self._send_lock:
-                self._conn.send(("run", episode.id, task, llm))  # pickles first: nothing is sent on failure
+                self._conn.send(("run", episode.id, task, llm, environ))  # pickles first: nothing is sent on failure
         except Exception as e:  # noqa: BLE001 - a task that does not pickle ends its episode
             self._episode = None
             episode.events.put(("error", f"the task could not be sent to the agent's process: "

@@ -25,6 +25,10 @@ class Collector:
         group_size: episodes per task.
         num_threads: step envs in a thread pool of this size (0: in this thread).
         max_turns: a safety cap on turns per episode, beyond the env's own limits.
+
+    Failures: an episode keeps its env's last step info in ``Episode.info``, so one that failed says why in
+    ``info["error"]`` (e.g. an agent's exception); a task whose episode ended before the policy's first turn makes
+    no Episode and is listed, with its ``"error"``, in :attr:`last_unplayed`.
     """
 
     def __init__(
@@ -49,6 +53,8 @@ class Collector:
         self._next_episode = 0
         self.last_stats: dict[str, float] = {}
         self.last_unplayed: list[dict] = []
+        """The tasks of the last collection whose episode ended before the policy's first turn: each ``{"seed",
+        "error", ...}``, the task's scalar reset info and ``"error"``, why it ended (always a string)."""
 
     def collect(self, seed: int) -> list[Episode]:
         """One group of episodes per task; task ``g`` is the env reset with seed ``seed + g``.
@@ -66,8 +72,7 @@ class Collector:
         keys = [f"episode-{base + i}" for i in range(n)]
         # An agent that ended before its first policy call has nothing to train on.
         over = [i for i in range(n) if infos[i].get("episode_over")]
-        if over:
-            self.venv.step({i: [] for i in over})
+        ends = self.venv.step({i: [] for i in over}) if over else {}
         waiting = [i for i in range(n) if i not in over]
         mismatches: dict[str, int] = {}
         round_ = 0
@@ -109,13 +114,26 @@ class Collector:
             for i in waiting:
                 self.engine.release(keys[i])
         self.last_stats = {"failed_episodes": float(len(over))}
-        # Tasks whose episode ended before the policy's first turn (they make no Episode): an evaluation counts them.
-        self.last_unplayed = [{"seed": seeds[i], **_task_info(infos[i])} for i in over]
+        # Tasks whose episode ended before the policy's first turn (they make no Episode): an evaluation counts them,
+        # and a trainer left with none to train on says why.
+        self.last_unplayed = [_unplayed(seeds[i], infos[i], ends[i].info) for i in over]
         self.last_stats.update({f"unmerged/{k}": float(v) for k, v in mismatches.items()})
         return [ep for ep in episodes if ep is not None]
 
     def close(self) -> None:
         self.venv.close()
+
+
+def _unplayed(seed: int, reset_info: dict, end_info: dict) -> dict:
+    """The record of a task whose episode ended before the policy's first turn, with the reason as ``"error"``."""
+    error = reset_info.get("error") or end_info.get("error") or (
+        "the episode ended before the policy's first turn, without an error (an agent that returned without "
+        "calling the LLM, say)")
+    record = {"seed": seed, **_task_info(reset_info), "error": str(error)}
+    refused = end_info.get("refused_calls") or reset_info.get("refused_calls")
+    if refused:
+        record["refused_calls"] = list(refused)
+    return record
 
 
 def _task_info(reset_info: dict) -> dict:

@@ -39,8 +39,9 @@ _received_lock = threading.Lock()
 
 def langgraph_agent(task, llm):
     """solve (may call ``add`` through a ToolNode, then solve again) -> final answer; reward: the sum is in it."""
-    chat = ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=llm.api_key, default_headers=llm.headers,
-                      max_tokens=40, max_retries=0, logprobs=True).bind_tools([add])
+    # The episode's base URL alone routes the calls: no header, no other setting.
+    chat = ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key="none", max_tokens=40, max_retries=0,
+                      logprobs=True).bind_tools([add])
 
     def ask(messages):
         reply = chat.invoke(messages)

@@ -30,6 +30,11 @@ Errors: every error answer is an OpenAI-style body ``{"error": {"message", "type
 request that cannot be served as sent, 404 for an unknown model or path, 405 for a wrong method, and 500 only when
 the server itself fails (the engine or a handler raised). No error closes the keep-alive connection.
 
+Episode URLs: an app created with ``check_episode`` also serves every endpoint under ``/episodes/{episode}/v1/``, so
+that a base URL alone (``http://127.0.0.1:PORT/episodes/ID/v1``) says which episode a call belongs to, whatever the
+client. ``check_episode(episode, headers)`` sees each request first and may refuse it; the handler reads the episode
+in ``RequestInfo.episode``. ``on_error`` is told of every error answer, with the episode its request named.
+
 Text that is not valid Unicode is rejected, not replaced: a lone surrogate in any string of the body, keys included
 (JSON can escape one, ``"\\ud800"``; no tokenizer can encode one), is a 400 that names the field, e.g.
 ``'messages[0].content' is not valid Unicode``. So are bodies that are not JSON text (UTF-8, or UTF-16/32), ``NaN``
@@ -86,10 +91,24 @@ class RequestInfo:
     tools: list[dict] | None = None
     """Chat requests: the tools as sent (``None`` when absent or ``tool_choice`` is ``"none"``)."""
     cache_key: str | None = None
+    episode: str | None = None
+    """The episode the URL names (``/episodes/{episode}/v1/...``); None under ``/v1/...``."""
 
 
 Handler = Callable[[list[int], SamplingParams, RequestInfo], "Completion | list[Completion]"]
 """``handler(prompt_ids, params, info)`` returns the ``params.n`` completions of one prompt (or one Completion)."""
+
+EpisodeCheck = Callable[[str | None, dict[str, str]], None]
+"""``check_episode(episode, headers)``: raises :class:`RequestError` to refuse a request (``episode`` is the one its
+URL names, or None; header names are lowercase)."""
+
+ErrorHook = Callable[[str | None, dict[str, str], "RequestError"], None]
+"""``on_error(episode, headers, error)``: told of an error answer to a request (``episode`` as for
+:data:`EpisodeCheck`)."""
+
+EPISODE_PATH = re.compile(r"^/episodes/([^/]+)(/v1(?:/.*)?)$")
+"""A per-episode path: ``/episodes/{episode}`` in front of the usual ``/v1/...`` path."""
+_EPISODE_SCOPE_KEY = "agentgym.episode"
 
 
 class RequestError(Exception):
@@ -350,8 +369,9 @@ _NEUTRAL = {"presence_penalty": 0, "frequency_penalty": 0, "repetition_penalty":
 
 class _Server:
     def __init__(self, engine: Engine, model_name: str, handler: Handler | None, default_max_tokens: int,
-                 max_n: int) -> None:
+                 max_n: int, check_episode: EpisodeCheck | None = None, on_error: ErrorHook | None = None) -> None:
         self.engine = engine
+        self.episode_check, self.error_hook = check_episode, on_error
         self.model_name = model_name
         self.handler = handler
         self.default_max_tokens = default_max_tokens
@@ -454,6 +474,24 @@ class _Server:
             raise RequestError(f"The model {model!r} does not exist here; this server serves {self.model_name!r}.",
                                status=404, param="model", code="model_not_found")
         return model
+
+    def check_episode(self, request: Request) -> str | None:
+        """The episode the request's URL names (None under ``/v1/``), once ``check_episode`` let it through."""
+        episode = request.scope.get(_EPISODE_SCOPE_KEY)
+        if self.episode_check is not None:
+            self.episode_check(episode, dict(request.headers))
+        return episode
+
+    def report(self, scope: dict, exc: RequestError) -> None:
+        """Tell ``on_error`` of an error answer (a failing hook is logged, never answered)."""
+        if self.error_hook is None:
+            return
+        from starlette.datastructures import Headers
+
+        try:
+            self.error_hook(scope.get(_EPISODE_SCOPE_KEY), dict(Headers(scope=scope)), exc)
+        except Exception:  # noqa: BLE001 - reporting must not change the answer
+            logger.exception("on_error failed")
 
     # ------------------------------------------------------------------------------------------------ running
 
@@ -576,6 +614,22 @@ def _text_deltas(tokenizer: Any, ids: list[int], final_text: str) -> Iterator[tu
         yield -1, final_text[sent:]
 
 
+class _EpisodePaths:
+    """ASGI middleware: ``/episodes/{episode}/v1/...`` is served as ``/v1/...``, with the episode in the scope."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        match = EPISODE_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match:
+            from urllib.parse import unquote
+
+            rest = match.group(2)
+            scope = {**scope, "path": rest, "raw_path": rest.encode(), _EPISODE_SCOPE_KEY: unquote(match.group(1))}
+        await self.app(scope, receive, send)
+
+
 class _AnswerFailures:
     """ASGI middleware: an unexpected exception becomes a JSON 500 answer, and the connection stays open.
 
@@ -584,8 +638,8 @@ class _AnswerFailures:
     line is gone.
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, report: Callable[[dict, RequestError], None] | None = None) -> None:
+        self.app, self.report = app, report
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -605,7 +659,10 @@ class _AnswerFailures:
                 raise
             logger.exception("%s %s failed", scope.get("method"), scope.get("path"))
             message = f"The server failed on this request ({type(exc).__name__}: {exc})."
-            await _error(RequestError(message, status=500))(scope, receive, send)
+            error = RequestError(message, status=500)
+            if self.report is not None:
+                self.report(scope, error)
+            await _error(error)(scope, receive, send)
 
 
 def _sse(obj: dict | str) -> str:
@@ -619,6 +676,8 @@ def create_app(
     handler: Handler | None = None,
     default_max_tokens: int = 512,
     max_n: int = 64,
+    check_episode: EpisodeCheck | None = None,
+    on_error: ErrorHook | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible FastAPI app serving ``engine`` under the name ``model_name``.
 
@@ -629,8 +688,14 @@ def create_app(
             (an environment intercepting an agent's calls, for example); it runs in worker threads, concurrently.
         default_max_tokens: ``max_tokens`` of chat requests that give none (capped by the context left).
         max_n: the largest ``n`` accepted.
+        check_episode: if given, every endpoint is also served under ``/episodes/{episode}/v1/`` (a base URL per
+            episode), and ``check_episode(episode, headers)`` sees each request before anything else is read:
+            ``episode`` is the one its URL names (None under ``/v1/``); it raises :class:`RequestError` to refuse
+            the request. The handler finds the episode in ``info.episode``.
+        on_error: ``on_error(episode, headers, error)`` is told of every error answer (4xx and 5xx), e.g. to keep
+            the reason an episode's calls failed; it must be thread-safe.
     """
-    state = _Server(engine, model_name, handler, default_max_tokens, max_n)
+    state = _Server(engine, model_name, handler, default_max_tokens, max_n, check_episode, on_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -644,21 +709,27 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.agentgym = state
-    app.add_middleware(_AnswerFailures)
+    app.add_middleware(_AnswerFailures, report=state.report)
+    if check_episode is not None:
+        app.add_middleware(_EpisodePaths)  # added last: the outermost, so every other layer sees the rewritten path
 
     @app.exception_handler(RequestError)
     async def _on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        state.report(request.scope, exc)
         return _error(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Unknown paths and methods get the same error body as every other error.
-        response = _error(RequestError(str(exc.detail), status=exc.status_code))
+        error = RequestError(str(exc.detail), status=exc.status_code)
+        state.report(request.scope, error)
+        response = _error(error)
         response.headers.update(exc.headers or {})
         return response
 
     @app.get("/v1/models")
-    async def list_models() -> dict:
+    async def list_models(request: Request) -> dict:
+        state.check_episode(request)
         return {
             "object": "list",
             "data": [{
@@ -669,10 +740,12 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        episode = state.check_episode(request)
         body = await _json_body(request)
         model = state.check_model(body)
         prompts = _completion_prompts(state, body.get("prompt"))
-        info = RequestInfo("completions", model, body, dict(request.headers), cache_key=_cache_key(body))
+        info = RequestInfo("completions", model, body, dict(request.headers), cache_key=_cache_key(body),
+                           episode=episode)
         if len(prompts) > 1 and info.cache_key is not None:
             raise RequestError("'cache_key' applies to one prompt; send one prompt per request.", param="cache_key")
         params = [state.sampling_params(body, len(p), 16, chat=False) for p in prompts]
@@ -737,6 +810,7 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        episode = state.check_episode(request)
         body = await _json_body(request)
         model = state.check_model(body)
         messages = body.get("messages")
@@ -750,7 +824,7 @@ def create_app(
         text = render_chat(state.tokenizer, messages, tools or None)
         prompt = state.tokenizer.encode(text, add_special_tokens=False)
         info = RequestInfo("chat.completions", model, body, dict(request.headers), messages=messages,
-                           tools=tools or None, cache_key=_cache_key(body))
+                           tools=tools or None, cache_key=_cache_key(body), episode=episode)
         params = state.sampling_params(body, len(prompt), state.default_max_tokens, chat=True)
         include_usage = _include_usage(body)
         want_logprobs = bool(body.get("logprobs"))
@@ -918,6 +992,6 @@ def serve(
 
 
 __all__ = [
-    "EngineWorker", "Handler", "RequestError", "RequestInfo", "RunningServer", "create_app", "parse_tool_calls",
-    "render_chat", "serve", "start_server", "tools_system_prompt",
+    "EPISODE_PATH", "EngineWorker", "EpisodeCheck", "ErrorHook", "Handler", "RequestError", "RequestInfo",
+    "RunningServer", "create_app", "parse_tool_calls", "render_chat", "serve", "start_server", "tools_system_prompt",
 ]
