@@ -46,7 +46,7 @@ class ForwardOutput:
 TRUNCATED_LOGPROB_FLOOR = -100.0
 """The logprob reported for a token that top-k / top-p would not keep (its probability is 0)."""
 
-HEAD_CHUNK_TOKENS = 512
+HEAD_CHUNK_TOKENS = 256
 """Policy tokens per LM-head chunk: full-vocabulary logits exist for one chunk at a time, in backward too."""
 
 
@@ -76,7 +76,7 @@ def forward(
             renormalized over the tokens top-k / top-p keep (the engine reports the same); 0 / 1 disable it.
 
     The LM head runs only on the masked positions, ``HEAD_CHUNK_TOKENS`` at a time, and under autograd each chunk
-    is recomputed in backward instead of keeping its [chunk, vocab] tensors.
+    (when there are several) is recomputed in backward instead of keeping its [chunk, vocab] tensors.
     """
     if bool(mask[:, 0].any()):
         raise ValueError("mask[:, 0] is set: the first token of a row has no prefix to score it from")
@@ -120,6 +120,9 @@ def head_logprobs(
     chunk = chunk or HEAD_CHUNK_TOKENS
     lps, ents = [], []
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    # With one chunk, recomputing it in backward would not lower the peak (it is live at the start of backward
+    # either way): only several chunks are checkpointed, so that no two are ever held at once.
+    grad = grad and hidden.shape[0] > chunk
     for i in range(0, hidden.shape[0], chunk):
         args = (hidden[i : i + chunk], targets[i : i + chunk])
         fn = _ChunkScore(head, temperature, top_k, top_p, with_entropy)

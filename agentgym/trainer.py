@@ -22,6 +22,7 @@ import torch
 from tensordict import TensorDict
 
 from agentgym import algos, distributed
+from agentgym.allocator import keep_freed_memory
 from agentgym.batch import Episode, length_buckets, to_batch, trim
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.collector import Collector
@@ -72,8 +73,8 @@ class TrainConfig:
     micro_batch_size: int = 8
     """rows per forward/backward pass (gradient accumulation within a minibatch); rows of similar length go
     together and each micro-batch is cut to its longest row, and an episode split into several rows is never
-    split across micro-batches"""
-    activation_memory_mb: int = 1024
+    split across micro-batches (with trainer_procs > 1: fixed chunks of rows in order)"""
+    activation_memory_mb: int = 256
     """activation memory a micro-batch may take (estimated from the model's shapes): micro-batches hold fewer rows
     when theirs would exceed it (0: no token limit)"""
     activation_checkpointing: str = "auto"
@@ -159,6 +160,7 @@ class Trainer:
 
         self.cfg = cfg
         self.algo = cfg.algo_config()
+        keep_freed_memory()  # a step reuses the last step's memory instead of faulting it in again
         torch.manual_seed(cfg.seed)
         if model is None:
             from agentgym.models import load_model
@@ -272,8 +274,13 @@ class Trainer:
             subsets = [torch.nonzero(batch["adapter_id"] == a).flatten() for a in range(len(names))]
         out = []
         for name, rows in zip(names, subsets):
-            for idx in length_buckets(batch[rows], self.cfg.micro_batch_size, self._micro_tokens):
-                out.append((name, rows[idx]))
+            if self.parallel is not None:
+                # DDP: every process must run as many backward passes: fixed chunks of rows (the shards have the
+                # same row count; their first rows are the padding, so no chunk of 2 or more is padding alone).
+                parts = list(torch.arange(rows.numel()).split(self.cfg.micro_batch_size))
+            else:
+                parts = length_buckets(batch[rows], self.cfg.micro_batch_size, self._micro_tokens)
+            out += [(name, rows[idx]) for idx in parts]
         return out
 
     def _use(self, adapter: str | None) -> None:
@@ -385,7 +392,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 7_919 + self.iteration)
         episodes = algos.EpisodeIndex.from_batch(batch, algo.group_by_agent)
         per_step: list[dict[str, float]] = []
-        skipped = 0
+        skipped, trained_tokens = 0, 0.0
         step0 = _StepZero()
         for _ in range(cfg.epochs):
             order = torch.randperm(episodes.num_episodes, generator=gen)
@@ -421,16 +428,18 @@ class Trainer:
                         m = {**m, **vm}
                     (loss * scale).backward()
                     metrics.add(m, float(micro["loss_mask"].sum()))
+                    trained_tokens += float(micro["attention_mask"].sum())
                     if not step0.done:
                         step0.add(out.logprobs.detach(), micro)
                 step0.done = True
                 step_metrics = metrics.result()
                 t_opt = time.perf_counter()
                 step_metrics["forward_backward_s"] = t_opt - t_fb
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                gnorm, stepping = _clip_and_drop_zero_gradients(self.optimizer, cfg.max_grad_norm,
+                                                                algo.skip_without_signal)
                 if cfg.max_grad_norm > 0:
-                    step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                if not _drop_zero_gradients(self.optimizer)[0]:
+                    step_metrics["grad_norm"] = gnorm
+                if not stepping[0]:
                     skipped += 1
                 self.optimizer.step()
                 step_metrics["optimizer_s"] = time.perf_counter() - t_opt
@@ -441,6 +450,7 @@ class Trainer:
             out_metrics[key] = sum(m[key] for m in per_step)
         out_metrics.update(step0.result())
         out_metrics["skipped_steps"] = float(skipped)
+        out_metrics["trained_tokens"] = trained_tokens
         return out_metrics if self.parallel is None else self.parallel.reduce_metrics(out_metrics)
 
     def _collect_batch(self) -> tuple[list[Episode], dict[str, float]]:
@@ -503,8 +513,12 @@ class Trainer:
             self.engine_weights_changed()
             metrics["push_s"] = time.perf_counter() - t_push
         t_train = time.perf_counter() - t1
-        trained_tokens = float(batch["attention_mask"].sum()) if batch.batch_size[0] else 0.0
-        metrics["train_tokens_per_s"] = trained_tokens * self.cfg.epochs / max(t_train, 1e-9)
+        # Tokens that went through forward+backward (minibatches skipped for lack of signal do not count).
+        trained_tokens = metrics.pop("trained_tokens", 0.0)
+        metrics["trained_tokens"] = trained_tokens
+        metrics["batch_tokens"] = float(batch["attention_mask"].sum()) if batch.batch_size[0] else 0.0
+        if trained_tokens:
+            metrics["train_tokens_per_s"] = trained_tokens / max(t_train, 1e-9)
         metrics["rollout_s"], metrics["train_s"] = t_rollout, t_train
         metrics["iteration_s"] = time.perf_counter() - t0
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -682,18 +696,29 @@ def _mean_metrics(per_step: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _drop_zero_gradients(optimizer: torch.optim.Optimizer) -> list[bool]:
-    """Set to None the gradients of every parameter group whose gradient is exactly zero, so that the optimizer
-    step leaves it alone (AdamW skips parameters without a gradient). Returns, per group, whether it steps."""
-    stepping = []
+def _clip_and_drop_zero_gradients(optimizer: torch.optim.Optimizer, max_norm: float,
+                                   drop_zero: bool = True) -> tuple[float, list[bool]]:
+    """Clip the gradients to global norm ``max_norm`` (0: no clipping) and, with ``drop_zero``, set to None the
+    gradients of every parameter group whose gradient is exactly zero, so that the optimizer step leaves it alone
+    (AdamW skips parameters without a gradient: its momentum would still move them). One pass over the gradients.
+
+    Returns the global gradient norm before clipping and, per group, whether it steps.
+    """
+    norms, stepping = [], []
     for group in optimizer.param_groups:
         grads = [p.grad for p in group["params"] if p.grad is not None]
-        live = any(bool(g.any()) for g in grads)
-        if not live:
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        norms.append(norm)
+        live = bool(norm > 0)
+        if drop_zero and not live:
             for p in group["params"]:
                 p.grad = None
-        stepping.append(live)
-    return stepping
+        stepping.append(live or not drop_zero)
+    total = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    if max_norm > 0 and total > max_norm:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+    return total, stepping
 
 
 def _rows_of(episodes: algos.EpisodeIndex, chosen: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,8 @@ class AlgoConfig:
     """policy-token budget of an episode: Dr. GRPO's constant normalizer and DAPO's overlong limit"""
     entropy_coef: float = 0.0
     """weight of the entropy bonus (subtracted from the loss); needs per-token entropies"""
+    skip_without_signal: bool = True
+    """take no optimizer step on a minibatch whose gradient is 0 (all advantages 0, no other loss term)"""
     tis_cap: float | None = None
     """C in min(π_trainer/π_engine, C), truncated importance sampling for engine/trainer mismatch; None off"""
 

@@ -24,8 +24,9 @@ from agentgym.algos.episodes import EpisodeIndex, require_keys
 
 def has_learning_signal(minibatch: TensorDict, cfg: AlgoConfig) -> bool:
     """False when the minibatch's loss has a zero gradient: every advantage is 0 and the loss has no term that
-    does not go through the advantages (entropy bonus, KL in the loss, a value head)."""
-    if cfg.loss_without_advantages:
+    does not go through the advantages (entropy bonus, KL in the loss, a value head). Always True with
+    ``cfg.skip_without_signal`` off (for ablations and like-for-like timing against trainers that always step)."""
+    if cfg.loss_without_advantages or not cfg.skip_without_signal:
         return True
     require_keys(minibatch, ("advantages", "loss_mask"), "the learning signal is in the advantages")
     mask = minibatch["loss_mask"].bool()

@@ -2,7 +2,7 @@
 
     name                   advantage              credit      loss  clip ε low/high  aggregation              KL, β
     ppo                    gae, whitened          token       ppo   0.2 / 0.2        token-mean               -
-    grpo                   grpo                   trajectory  ppo   0.2 / 0.2        seq-mean-token-mean      k3 loss 0.04
+    grpo                   grpo                   trajectory  ppo   0.2 / 0.2        seq-mean-token-mean      - (k3 loss when β > 0)
     dr_grpo                dr_grpo                trajectory  ppo   0.2 / 0.2        seq-mean-token-sum-norm  -
     dapo                   grpo                   trajectory  ppo   0.2 / 0.28       token-mean               -
     gspo                   grpo                   trajectory  gspo  3e-4 / 4e-4      seq-mean-token-mean      -
@@ -11,6 +11,10 @@
     reinforce_pp_baseline  reinforce_pp_baseline  trajectory  ppo   0.2 / 0.2        token-mean               k2 loss 0.001
 
 dapo also turns on dynamic sampling and overlong shaping (buffer 0.2 of max_tokens, so it needs max_tokens).
+
+grpo's KL term is off by default (β = 0), as in TRL's GRPOTrainer and after DAPO and Dr. GRPO, which drop it for
+verifiable rewards: it costs a reference copy of the model and a forward pass per iteration. DeepSeekMath's
+β = 0.04 is ``--algo.kl_coef 0.04`` (the k3 estimator in the loss).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "grpo": dict(
         advantage="grpo", credit="trajectory", group_size=8,
         policy_loss="ppo", clip_eps_low=0.2, clip_eps_high=0.2, loss_agg="seq-mean-token-mean",
-        kl_coef=0.04, kl_estimator="k3",
+        kl_coef=0.0, kl_estimator="k3",
     ),
     "dr_grpo": dict(
         advantage="dr_grpo", credit="trajectory", group_size=8,
@@ -64,7 +68,7 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 
 DESCRIPTIONS: dict[str, str] = {
     "ppo": "PPO (Schulman et al.): clipped ratio, GAE over policy tokens with a value head.",
-    "grpo": "GRPO (Shao et al., DeepSeekMath): group-normalized episode returns, KL(k3) to the reference in the loss.",
+    "grpo": "GRPO (Shao et al., DeepSeekMath): group-normalized episode returns; KL(k3) in the loss with kl_coef > 0.",
     "dr_grpo": "Dr. GRPO (Liu et al.): group baseline without std scaling, constant loss normalizer.",
     "dapo": "DAPO (Yu et al.): clip-higher, token-mean loss, dynamic sampling, overlong reward shaping.",
     "gspo": "GSPO (Zheng et al.): sequence-level, length-normalized importance ratio with a narrow clip.",

@@ -8,8 +8,8 @@
 Phases of an iteration: rollout (generation and env steps), batch (episodes -> TensorDict), score (old values,
 reference logprobs: a forward pass, only when the algorithm needs one), update (forward+backward and optimizer
 steps), push (new weights to the engine), logging. Each phase's peak resident memory is read from the kernel's
-high-water mark (VmHWM), reset before the phase (``/proc/self/clear_refs``), so the table says which phase sets the
-process's peak and by how much.
+resident set size, sampled every 20 ms while the phase runs, so the table says which phase sets the process's peak
+and by how much.
 
 The memory breakdown counts what the process holds at the peak of training: weights, the reference copy (KL),
 gradients, AdamW's two moments, the engine's packed decode weights (freed while training) and its largest KV cache
@@ -42,11 +42,28 @@ def _status(key: str) -> float:
     return float("nan")
 
 
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
+class _PeakSampler:
+    """The largest resident set size seen while it runs (sampled every 20 ms in a thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _status("VmRSS")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _status("VmRSS"))
+
+    def __enter__(self) -> "_PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status("VmRSS"))
 
 
 def _bytes(tensors) -> int:
@@ -104,11 +121,11 @@ class PhaseProfiler:
 
     def _wrap(self, phase: str, fn):
         def wrapped(*args, **kwargs):
-            _reset_peak()
             t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
+            with _PeakSampler() as peak:
+                out = fn(*args, **kwargs)
             self.current[f"{phase}_s"] = self.current.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
-            self.current[f"{phase}_peak_mib"] = max(self.current.get(f"{phase}_peak_mib", 0.0), _status("VmHWM"))
+            self.current[f"{phase}_peak_mib"] = max(self.current.get(f"{phase}_peak_mib", 0.0), peak.peak)
             return out
 
         return wrapped
@@ -124,7 +141,9 @@ class PhaseProfiler:
         rec["optimizer_s"] = metrics.get("optimizer_s", 0.0)
         rec["iteration_s"] = total
         rec["other_s"] = total - sum(rec.get(f"{p}_s", 0.0) for p, _ in self.PHASES) - rec["batch_s"]
-        rec["trained_tokens"] = metrics.get("train_tokens_per_s", 0.0) * metrics.get("train_s", 0.0)
+        rec["trained_tokens"] = metrics.get("trained_tokens", 0.0)
+        rec["batch_tokens"] = metrics.get("batch_tokens", 0.0)
+        rec["skipped_steps"] = metrics.get("skipped_steps", 0.0)
         rec["policy_tokens"] = metrics.get("policy_tokens", 0.0)
         rec["train_tokens_per_s"] = metrics.get("train_tokens_per_s", 0.0)
         rec["rollout_tokens_per_s"] = metrics.get("rollout_tokens_per_s", 0.0)
@@ -175,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default=None)
     p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--always-step", action="store_true",
+                   help="update on every minibatch, also without learning signal (like-for-like timing)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     baseline = _status("VmRSS")
@@ -190,6 +211,10 @@ def main(argv=None) -> int:
         overrides["micro_batch_size"] = args.micro_batch_size
     run_dir = tempfile.mkdtemp(prefix=f"profile_{args.setting}_")
     cfg = config(args.setting, args.iterations, run_dir, overrides)
+    if args.always_step:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, algo_kwargs={**cfg.algo_kwargs, "skip_without_signal": False})
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
     load_s = time.perf_counter() - t0
@@ -203,19 +228,25 @@ def main(argv=None) -> int:
     finally:
         trainer.close()
     recs = profiler.records
-    med = {k: statistics.median(r.get(k, 0.0) for r in recs) for k in recs[0]}
+    trained = [r for r in recs if r["trained_tokens"] > 0] or recs  # iterations that updated the policy
+    med = {k: statistics.median(r.get(k, 0.0) for r in trained) for k in recs[0]}
+    fb_tok_s = statistics.median(r["trained_tokens"] / r["forward_backward_s"] for r in trained
+                                 if r["forward_backward_s"] > 0) if any(r["forward_backward_s"] for r in trained) else 0
+    med["forward_backward_tokens_per_s"] = fb_tok_s
     rows = [("rollout (generation + env)", "rollout"), ("batch building", "batch"),
             ("score (old/ref logprob passes)", "score"), ("update", "update"),
             ("  of which forward+backward", "forward_backward"), ("  of which optimizer steps", "optimizer"),
             ("push weights to the engine", "push"), ("logging and the rest", "other")]
-    lines = [f"| phase ({cfg.env}, {cfg.algo}, median of {len(recs)} iterations) | s | peak RSS in phase (MiB) |",
+    lines = [f"| phase ({cfg.env}, {cfg.algo}; median of the {len(trained)} of {len(recs)} iterations that trained) "
+             "| s | peak RSS in phase (MiB) |",
              "|---|---|---|"]
     for label, key in rows:
         peak = med.get(f"{key}_peak_mib")
         lines.append(f"| {label} | {med.get(f'{key}_s', 0.0):.2f} | {'' if peak is None else f'{peak:.0f}'} |")
     lines.append(f"| **iteration** | **{med['iteration_s']:.2f}** | **{max(r['peak_rss_mib'] for r in recs):.0f}** |")
     lines.append("")
-    lines.append(f"train tok/s {med['train_tokens_per_s']:.0f} (all tokens of the batch over score+update+push), "
+    lines.append(f"train tok/s {med['train_tokens_per_s']:.0f} (trained tokens over score+update+push), "
+                 f"forward+backward {fb_tok_s:.0f} tok/s, "
                  f"gen tok/s {med['rollout_tokens_per_s']:.0f}, torch threads {torch.get_num_threads()}, "
                  f"activation checkpointing {cfg.activation_checkpointing}, load {load_s:.1f} s")
     lines.append("")

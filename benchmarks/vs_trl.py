@@ -58,8 +58,12 @@ def _peak_rss_gib() -> float:
 
 
 # -- agentgym side --------------------------------------------------------------------------------------------------
-def our_config(steps: int, model_dir: str, run_dir: str):
-    """agentgym's ``TrainConfig`` for the benchmark (and the env it names, registered as ``bench/AddTwo-v0``)."""
+def our_config(steps: int, model_dir: str, run_dir: str, always_step: bool = False):
+    """agentgym's ``TrainConfig`` for the benchmark (and the env it names, registered as ``bench/AddTwo-v0``).
+
+    ``always_step`` turns off the skip of steps without learning signal, so that every step does the forward and
+    backward pass TRL does (a like-for-like timing; the default skips them, which is what a run does).
+    """
     import agentgym
     from agentgym.message_env import MessageEnv
     from agentgym.trainer import TrainConfig
@@ -81,20 +85,20 @@ def our_config(steps: int, model_dir: str, run_dir: str):
     agentgym.register("bench/AddTwo-v0", AddTwo)
     return TrainConfig(
         env="bench/AddTwo-v0", model=model_dir, algo="grpo",
-        algo_kwargs={"kl_coef": 0.0, "loss_agg": "token-mean"},
+        algo_kwargs={"kl_coef": 0.0, "loss_agg": "token-mean", "skip_without_signal": not always_step},
         groups_per_iteration=1, group_size=GROUP, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, lr=LR,
         epochs=1, minibatches=1, micro_batch_size=GROUP, max_grad_norm=1.0, seed=0, iterations=steps,
         run_dir=run_dir, wandb=False, progress=False, export=False, save_episodes=GROUP,
     )
 
 
-def run_ours(steps: int, model_dir: str) -> dict:
+def run_ours(steps: int, model_dir: str, always_step: bool = False) -> dict:
     import torch
 
     from agentgym.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="vs_trl_ours_")
-    cfg = our_config(steps, model_dir, run_dir)
+    cfg = our_config(steps, model_dir, run_dir, always_step)
     t_load = time.perf_counter()
     trainer = Trainer(cfg)
     load_s = time.perf_counter() - t_load
@@ -107,7 +111,8 @@ def run_ours(steps: int, model_dir: str) -> dict:
             print(f"agentgym step {i + 1}/{steps}: {times[-1]:.1f} s (generation {m['rollout_s']:.1f} s)",
                   file=sys.stderr, flush=True)
             details.append({k: m.get(k) for k in ("rollout_s", "train_s", "reward_mean", "episode_tokens_mean",
-                                                   "engine_trainer_logprob_diff_max")})
+                                                   "engine_trainer_logprob_diff_max", "skipped_steps",
+                                                   "trained_tokens")})
     finally:
         trainer.close()
     max_lens = {}
@@ -117,7 +122,8 @@ def run_ours(steps: int, model_dir: str) -> dict:
         max_lens[rec["iteration"]] = max(max_lens.get(rec["iteration"], 0), n)
     for i, d in enumerate(details):
         d["completion_tokens_max"] = max_lens.get(i + 1)
-    return {"side": "agentgym", "step_s": times, "steps": details, "load_s": load_s, "peak_rss_gib": _peak_rss_gib(),
+    return {"side": "agentgym-always-step" if always_step else "agentgym", "step_s": times, "steps": details,
+            "load_s": load_s, "peak_rss_gib": _peak_rss_gib(),
             "threads": torch.get_num_threads()}
 
 
@@ -196,15 +202,17 @@ def _mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def report(ours: dict, theirs: dict) -> dict:
-    """Ratios and a markdown table from both sides' results."""
+def report(ours: dict, theirs: dict, always: dict | None = None) -> dict:
+    """Ratios and a markdown table from both sides' results (``always``: ours without skipping steps)."""
     t_ours, t_trl = _median_after_first(ours["step_s"]), _median_after_first(theirs["step_s"])
     len_ours = _mean(s.get("episode_tokens_mean") for s in ours["steps"])
     len_trl = _mean(s.get("completion_tokens_mean") for s in theirs["steps"])
     max_ours = _mean(s.get("completion_tokens_max") for s in ours["steps"])
     max_trl = _mean(s.get("completion_tokens_max") for s in theirs["steps"])
+    t_always = _median_after_first(always["step_s"]) if always else None
     summary = {
-        "median_step_s": {"agentgym": t_ours, "trl": t_trl, "trl_over_agentgym": t_trl / t_ours},
+        "median_step_s": {"agentgym": t_ours, "trl": t_trl, "trl_over_agentgym": t_trl / t_ours,
+                          "agentgym_always_step": t_always},
         "peak_rss_gib": {"agentgym": ours["peak_rss_gib"], "trl": theirs["peak_rss_gib"],
                          "trl_over_agentgym": theirs["peak_rss_gib"] / ours["peak_rss_gib"]},
         "completion_tokens_mean": {"agentgym": len_ours, "trl": len_trl},
@@ -222,6 +230,12 @@ def report(ours: dict, theirs: dict) -> dict:
         f"| TRL {theirs.get('version', '')} GRPOTrainer | TRL / agentgym |",
         "|---|---|---|---|",
         f"| median step time, steps 2-{steps} (s) | {f(t_ours)} | {f(t_trl)} | {f(t_trl / t_ours)}x |",
+        *([f"| median step time, every step updating (skip_without_signal off) (s) | {f(t_always)} | {f(t_trl)} | "
+           f"{f(t_trl / t_always)}x |",
+           f"| peak RSS, every step updating (GiB) | {f(always['peak_rss_gib'])} | {f(theirs['peak_rss_gib'])} | "
+           f"{f(theirs['peak_rss_gib'] / always['peak_rss_gib'])}x |"] if always else []),
+        f"| steps without learning signal (ours skips their update) | "
+        f"{sum(1 for s in ours['steps'] if s.get('trained_tokens') == 0)} of {steps} | | |",
         f"| peak RSS (GiB) | {f(ours['peak_rss_gib'])} | {f(theirs['peak_rss_gib'])} | "
         f"{f(theirs['peak_rss_gib'] / ours['peak_rss_gib'])}x |",
         f"| mean completion length (tokens) | {f(len_ours, '.1f')} | {f(len_trl, '.1f')} | |",
@@ -241,7 +255,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads for both sides, 0 for torch's default (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/vs_trl.json", help="JSON output (default: %(default)s)")
-    p.add_argument("--side", choices=("ours", "trl"), default=None, help="internal: run one side and print its result")
+    p.add_argument("--side", choices=("ours", "ours-always", "trl"), default=None,
+                   help="internal: run one side and print its result")
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2 (the first step is excluded from the median)")
@@ -250,7 +265,10 @@ def main(argv=None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = (run_ours if args.side == "ours" else run_trl)(args.steps, args.model_dir)
+        if args.side == "trl":
+            result = run_trl(args.steps, args.model_dir)
+        else:
+            result = run_ours(args.steps, args.model_dir, always_step=args.side == "ours-always")
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     import importlib.util
@@ -262,13 +280,15 @@ def main(argv=None) -> int:
 
     model_dir = args.model_dir or str(default_model_dir())
     ours = _child("ours", args.steps, model_dir, args.threads)
+    always = _child("ours-always", args.steps, model_dir, args.threads)
     theirs = _child("trl", args.steps, model_dir, args.threads)
-    summary = report(ours, theirs)
+    summary = report(ours, theirs, always)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setting": {"model": model_dir, "prompts": NUM_PROMPTS, "group": GROUP,
                                            "max_new_tokens": MAX_NEW_TOKENS, "lr": LR, "steps": args.steps},
-                               "summary": summary, "agentgym": ours, "trl": theirs}, indent=2))
+                               "summary": summary, "agentgym": ours, "agentgym_always_step": always,
+                               "trl": theirs}, indent=2))
     print()
     print(summary["table"])
     print(f"\nwrote {out}")

@@ -19,7 +19,7 @@ ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 # (algorithm, overrides, episodes): each aggregation mode, the value head (PPO), the KL to the reference (GRPO),
 # and a one-row batch, where rank 1 trains on padding only.
 CASES = [
-    ("grpo", {}, "all"),  # seq-mean-token-mean, KL in the loss
+    ("grpo", {"kl_coef": 0.04}, "all"),  # seq-mean-token-mean, KL in the loss
     ("ppo", {}, "all"),  # token-mean, value head
     ("dr_grpo", {}, "all"),  # seq-mean-token-sum-norm
     ("rloo", {"loss_agg": "seq-mean-token-sum"}, "all"),

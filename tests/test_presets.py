@@ -35,8 +35,10 @@ def test_named_algorithms(name):
 def test_algorithm_specific_switches():
     assert get_algorithm("ppo").needs_values and get_algorithm("ppo").group_size == 1
     assert not get_algorithm("grpo").needs_values
-    assert get_algorithm("grpo").kl_coef == 0.04 and get_algorithm("grpo").kl_estimator == "k3"
-    assert get_algorithm("grpo").needs_ref_logprobs
+    # β = 0 by default (TRL's default; DAPO, Dr. GRPO); DeepSeekMath's 0.04 is an override, with the k3 estimator.
+    assert get_algorithm("grpo").kl_coef == 0.0 and get_algorithm("grpo").kl_estimator == "k3"
+    assert get_algorithm("grpo", kl_coef=0.04).needs_ref_logprobs
+    assert not get_algorithm("grpo").needs_ref_logprobs
     dapo = get_algorithm("dapo")
     assert dapo.dynamic_sampling and dapo.overlong_buffer_frac == 0.2 and dapo.kl_coef == 0.0
     assert get_algorithm("dr_grpo").kl_coef == 0.0

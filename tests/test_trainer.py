@@ -79,16 +79,17 @@ def test_step_zero_ratio_is_one(tmp_path):
     trainer.close()
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo"])
-def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path, algo):
-    straight = make_trainer(tmp_path, "straight", algo=algo, iterations=3)
+@pytest.mark.parametrize("algo, algo_kwargs", [("grpo", {"kl_coef": 0.04}), ("ppo", {})])
+def test_resume_gives_the_same_next_step_as_an_uninterrupted_run(tmp_path, algo, algo_kwargs):
+    straight = make_trainer(tmp_path, "straight", algo=algo, iterations=3, algo_kwargs=algo_kwargs)
     straight.train()
     want = straight._modules()
 
-    first = make_trainer(tmp_path, "first", algo=algo, iterations=2)
+    first = make_trainer(tmp_path, "first", algo=algo, iterations=2, algo_kwargs=algo_kwargs)
     first.train()  # saves a checkpoint at iteration 2
     first.close()
-    resumed = make_trainer(tmp_path, "resumed", algo=algo, iterations=3, resume=str(tmp_path / "first"))
+    resumed = make_trainer(tmp_path, "resumed", algo=algo, iterations=3, resume=str(tmp_path / "first"),
+                           algo_kwargs=algo_kwargs)
     assert resumed.iteration == 2
     resumed.train()
     got = resumed._modules()

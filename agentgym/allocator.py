@@ -1,0 +1,41 @@
+"""The C allocator's settings for a training process.
+
+A training step allocates and frees the same large buffers (activations, logits, gradients) every micro-batch. With
+glibc's defaults, memory freed at the top of the heap is handed back to the kernel and buffers above the mmap
+threshold get fresh pages each time, so every step pays page faults and zeroing for memory it just had: measured on
+a 2-core CPU, SmolLM2-135M forward+backward ran 1.5x slower after a generation phase than before it. Keeping freed
+memory in the process (no trimming, a larger mmap threshold, some top padding) removes that cost; the peak resident
+size stays what the largest step needs, since freed blocks are reused rather than returned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse (Linux only; elsewhere nothing). Returns whether it did.
+
+    Set once per process; ``AGENTGYM_MALLOC=default`` in the environment leaves the allocator as it is.
+    """
+    global _done
+    import os
+
+    if _done or not sys.platform.startswith("linux") or os.environ.get("AGENTGYM_MALLOC") == "default":
+        return _done
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = (libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+              and libc.mallopt(_M_TOP_PAD, 256 << 20))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    _done = bool(ok)
+    return _done
