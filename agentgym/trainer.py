@@ -22,7 +22,7 @@ import torch
 from tensordict import TensorDict
 
 from agentgym import algos, distributed
-from agentgym.allocator import keep_freed_memory
+from agentgym.allocator import keep_freed_memory, return_freed_memory
 from agentgym.batch import Episode, length_buckets, to_batch, trim
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.collector import Collector
@@ -508,6 +508,7 @@ class Trainer:
             batch = algos.compute_advantages(batch, self.algo)
             t_update = time.perf_counter()
             metrics.update(self.update(batch))
+            return_freed_memory()  # activations and gradients are not needed while sampling
             metrics["update_s"] = time.perf_counter() - t_update
             t_push = time.perf_counter()
             self.engine_weights_changed()

@@ -680,6 +680,14 @@ class TransformersEngine(Engine):
                 cache.v[:, row, :, C - r : C] = src.cache.v[:, src.row].index_select(2, cols)
                 valid[row, C - r : C] = True
             valid[row, prompt_end - new_s[row] : prompt_end] = True
+        if cache_keys is not None:
+            # The reused keys/values are copied: drop the old contexts now, so that the cache they live in is freed
+            # before this call decodes (each key is kept again below, in the new cache).
+            for i, key in enumerate(cache_keys):
+                if sources[i] is not None:
+                    self._kept.pop(key, None)
+            sources = [None] * num
+            kept = src = None  # noqa: F841 (no reference may keep the old cache alive)
 
         # ---- 3. prefill
         first_logits = torch.empty(num, self._vocab, dtype=torch.float32, device=device)
