@@ -45,6 +45,7 @@ from torch import nn
 
 from agentgym.algos import AlgoConfig, LossNormalizer
 from agentgym.policy import decoder_layers
+from agentgym.tracking import combine_metrics
 
 STRATEGIES = ("ddp", "fsdp")
 """``ddp``: a full replica per process, gradients all-reduced. ``fsdp``: parameters, gradients and optimizer state
@@ -464,16 +465,7 @@ class DataParallel:
         """Combine each process's metrics: the mean over processes (max/min for keys ending in _max/_min)."""
         gathered: list[dict[str, float] | None] = [None] * self.world_size
         dist.all_gather_object(gathered, metrics, group=self.group)
-        out: dict[str, float] = {}
-        for key in sorted({k for m in gathered if m for k in m}):
-            values = [m[key] for m in gathered if m and key in m]
-            if key.endswith("_max"):
-                out[key] = max(values)
-            elif key.endswith("_min"):
-                out[key] = min(values)
-            else:
-                out[key] = sum(values) / len(values)
-        return out
+        return combine_metrics([m for m in gathered if m])
 
     # -- the loop of ranks > 0 --------------------------------------------------------------------------------------
     def follow(self, trainer: Any) -> list[dict[str, float]]:

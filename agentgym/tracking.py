@@ -204,6 +204,21 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def combine_metrics(records: list[dict[str, float]]) -> dict[str, float]:
+    """One metrics dict from several (optimizer steps, processes): the mean of each key over the records that have
+    it, the max for keys ending in _max and the min for keys ending in _min."""
+    out: dict[str, float] = {}
+    for key in sorted({k for m in records if m for k in m}):
+        values = [m[key] for m in records if m and key in m]
+        if key.endswith("_max"):
+            out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def _plain(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()

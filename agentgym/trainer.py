@@ -33,7 +33,7 @@ from agentgym.policy import (
     hidden_size,
     set_activation_checkpointing,
 )
-from agentgym.tracking import RunLogger
+from agentgym.tracking import RunLogger, combine_metrics
 
 
 @dataclass
@@ -445,7 +445,7 @@ class Trainer:
                 step_metrics["optimizer_s"] = time.perf_counter() - t_opt
                 per_step.append(step_metrics)
         self.optimizer.zero_grad(set_to_none=True)
-        out_metrics = _mean_metrics(per_step)
+        out_metrics = combine_metrics(per_step)
         for key in ("forward_backward_s", "optimizer_s"):  # totals over the steps, not means
             out_metrics[key] = sum(m[key] for m in per_step)
         out_metrics.update(step0.result())
@@ -681,20 +681,6 @@ class _MinibatchMetrics:
     def result(self) -> dict[str, float]:
         return {k: (v / self.weights[k] if k in self.weights else v) for k, v in self.sums.items()
                 if k in self.weights or k in self.LOSS_KEYS or k.endswith(("_max", "_min"))}
-
-
-def _mean_metrics(per_step: list[dict[str, float]]) -> dict[str, float]:
-    """The mean over optimizer steps of each metric (max/min for keys ending in _max/_min)."""
-    out: dict[str, float] = {}
-    for key in sorted({k for m in per_step for k in m}):
-        values = [m[key] for m in per_step if key in m]
-        if key.endswith("_max"):
-            out[key] = max(values)
-        elif key.endswith("_min"):
-            out[key] = min(values)
-        else:
-            out[key] = sum(values) / len(values)
-    return out
 
 
 def _clip_and_drop_zero_gradients(optimizer: torch.optim.Optimizer, max_norm: float,
