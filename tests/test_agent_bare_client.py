@@ -16,6 +16,7 @@ import pytest
 
 import agentgym
 from agentgym.agent_env import AgentEnv
+from tests.row_checks import assert_rows_are_the_episodes
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two integers",
           "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
@@ -253,7 +254,6 @@ def _register_bare_env(name, isolation):
 def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, monkeypatch, isolation):
     """Two GRPO iterations over 4 envs stepped in parallel; every batch row is, token by token, what the engine
     sampled, and each agent received exactly its own episode's samples."""
-    import torch
 
     import agentgym.trainer as trainer_module
     from agentgym.tiny import make_tiny_policy
@@ -312,19 +312,4 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, mon
     assert sorted((t.prompt_ids, t.action_ids, t.logprobs) for t in turns) == sorted(sampled)
 
     # Each batch row is its episode's tokens; the trained positions are the sampled ids with their logprobs.
-    for episodes, batch in batches:
-        by_id = {ep.episode_id: ep for ep in episodes}
-        rows: dict[int, list[int]] = {}
-        for row in range(batch.batch_size[0]):
-            rows.setdefault(int(batch["episode_id"][row]), []).append(row)
-        assert rows.keys() == by_id.keys()
-        for eid, ep in by_id.items():
-            parts = [ep.turns] if ep.is_mergeable() else [[t] for t in ep.turns]
-            assert len(rows[eid]) == len(parts)
-            for row, part in zip(rows[eid], parts):
-                n = int(batch["attention_mask"][row].sum())
-                ids, mask = batch["input_ids"][row][:n].tolist(), batch["loss_mask"][row][:n]
-                assert ids == part[-1].prompt_ids + part[-1].action_ids
-                assert [i for i, m in zip(ids, mask.tolist()) if m] == [i for t in part for i in t.action_ids]
-                want = torch.tensor([lp for t in part for lp in t.logprobs], dtype=torch.float32)
-                assert torch.equal(batch["old_logprobs"][row][:n][mask], want)
+    assert_rows_are_the_episodes(batches)

@@ -20,6 +20,7 @@ from langgraph.graph.message import add_messages  # noqa: E402
 from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
 
 from agentgym.agent_env import AgentEnv  # noqa: E402
+from tests.row_checks import assert_rows_are_the_episodes  # noqa: E402
 
 
 @tool
@@ -98,7 +99,6 @@ def test_langgraph_agent_runs_tools_and_gets_exact_tokens(tiny_tokenizer):
 @pytest.mark.slow
 def test_trainer_trains_a_langgraph_agent_on_the_engines_samples(tmp_path, monkeypatch):
     """Two GRPO iterations; every batch row is, token by token, what the engine sampled and the agent received."""
-    import torch
 
     import agentgym.trainer as trainer_module
     from agentgym.collector import Collector
@@ -151,19 +151,4 @@ def test_trainer_trains_a_langgraph_agent_on_the_engines_samples(tmp_path, monke
     assert sorted(RECEIVED) == sorted(([tok.decode([i]) for i in ids], lps) for _, ids, lps in sampled)
 
     # Each batch row is its episode's tokens; the trained positions are the sampled ids with their logprobs.
-    for episodes, batch in batches:
-        by_id = {ep.episode_id: ep for ep in episodes}
-        rows: dict[int, list[int]] = {}
-        for row in range(batch.batch_size[0]):
-            rows.setdefault(int(batch["episode_id"][row]), []).append(row)
-        assert rows.keys() == by_id.keys()
-        for eid, ep in by_id.items():
-            parts = [ep.turns] if ep.is_mergeable() else [[t] for t in ep.turns]
-            assert len(rows[eid]) == len(parts)
-            for row, part in zip(rows[eid], parts):
-                n = int(batch["attention_mask"][row].sum())
-                ids, mask = batch["input_ids"][row][:n].tolist(), batch["loss_mask"][row][:n]
-                assert ids == part[-1].prompt_ids + part[-1].action_ids
-                assert [i for i, m in zip(ids, mask.tolist()) if m] == [i for t in part for i in t.action_ids]
-                want = torch.tensor([lp for t in part for lp in t.logprobs], dtype=torch.float32)
-                assert torch.equal(batch["old_logprobs"][row][:n][mask], want)
+    assert_rows_are_the_episodes(batches)
