@@ -43,7 +43,7 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from torch import nn
 
-from agentgym.algos import AlgoConfig, LossNormalizer
+from agentgym.algos import AlgoConfig, LossNormalizer, sequence_ids
 from agentgym.policy import decoder_layers
 from agentgym.tracking import combine_metrics
 
@@ -327,8 +327,6 @@ class _ParallelForward:
 
 def local_counts(shard: TensorDict, cfg: AlgoConfig | None = None) -> torch.Tensor:
     """[policy tokens, sequences, padded length] of ``shard`` (which holds whole sequences), as float64."""
-    from agentgym.algos import sequence_ids
-
     mask = shard["loss_mask"].bool()
     ids = shard["seq_ids"] if "seq_ids" in shard.keys() else sequence_ids(shard, cfg or AlgoConfig())
     sequences = float(torch.unique(ids[ids >= 0]).numel())

@@ -201,6 +201,9 @@ class Trainer:
         self._act_bytes = activation_bytes_per_token(model)
         budget = cfg.activation_memory_mb * 2**20
         self._micro_tokens = int(budget // self._act_bytes) if budget and self._act_bytes else 0
+        self._checkpointing_on = False  # whether the decoder blocks recompute their activations now
+        self._max_micro_tokens = 0  # the largest micro-batch so far, padded (benchmarks/trainer_profile.py reads it)
+        self._failed_in_a_row = 0  # iterations in a row in which every episode failed
         self.engine = engine if engine is not None else TransformersEngine(model, tokenizer)
         self.params = SamplingParams(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
@@ -293,12 +296,11 @@ class Trainer:
         """Turn activation checkpointing on or off for this micro-batch (``cfg.activation_checkpointing``)."""
         mode = self.cfg.activation_checkpointing
         tokens = int(micro["attention_mask"].numel())  # padded: the forward computes every column
-        self._max_micro_tokens = max(getattr(self, "_max_micro_tokens", 0), tokens)
+        self._max_micro_tokens = max(self._max_micro_tokens, tokens)
         on = mode == "on" or (mode == "auto" and self._micro_tokens > 0 and tokens > self._micro_tokens)
-        if on != getattr(self, "_checkpointing_on", False):
-            self._checkpointing_on = on and set_activation_checkpointing(self.model, True)
-            if not on:
-                set_activation_checkpointing(self.model, False)
+        if on != self._checkpointing_on:
+            supported = set_activation_checkpointing(self.model, on)
+            self._checkpointing_on = on and supported
 
     def _forward(self, policy: Any, micro: TensorDict, **kwargs: Any) -> Any:
         cfg = self.cfg
@@ -515,8 +517,7 @@ class Trainer:
             metrics["push_s"] = time.perf_counter() - t_push
         t_train = time.perf_counter() - t1
         # Tokens that went through forward+backward (minibatches skipped for lack of signal do not count).
-        trained_tokens = metrics.pop("trained_tokens", 0.0)
-        metrics["trained_tokens"] = trained_tokens
+        trained_tokens = metrics.setdefault("trained_tokens", 0.0)
         metrics["batch_tokens"] = float(batch["attention_mask"].sum()) if batch.batch_size[0] else 0.0
         if trained_tokens:
             metrics["train_tokens_per_s"] = trained_tokens / max(t_train, 1e-9)
@@ -530,7 +531,7 @@ class Trainer:
         """An iteration in which no episode reached the policy: record why, go on or stop (max_failed_iterations)."""
         failed = list(getattr(self.collector, "last_unplayed", []) or [])
         errors = [str(f.get("error")) for f in failed if f.get("error")]
-        self._failed_in_a_row = getattr(self, "_failed_in_a_row", 0) + 1
+        self._failed_in_a_row += 1
         if self.cfg.save_episodes > 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with (self.run_dir / "episodes.jsonl").open("a") as f:

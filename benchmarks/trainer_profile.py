@@ -198,7 +198,6 @@ def main(argv=None) -> int:
                    help="update on every minibatch, also without learning signal (like-for-like timing)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    baseline = _status("VmRSS")
     import torch
 
     from agentgym.trainer import Trainer
