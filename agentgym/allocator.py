@@ -37,13 +37,34 @@ def keep_freed_memory() -> bool:
     global _libc
     try:
         libc = ctypes.CDLL(name)
-        ok = (libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        ok = (libc.mallopt(_M_MMAP_THRESHOLD, 128 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
               and libc.mallopt(_M_TOP_PAD, 256 << 20))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     _done = bool(ok)
     _libc = libc if _done else None
     return _done
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_stats() -> dict[str, int] | None:
+    """Bytes malloc has handed out (``in_use``, mmapped blocks included) and holds free for reuse (``free``), from
+    glibc's ``mallinfo2``; None where that is not available. ``free`` is the allocator's slack: resident only where
+    pages were touched, so it bounds what the allocator adds to the resident size."""
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if not name:
+        return None
+    try:
+        fn = ctypes.CDLL(name).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return {"in_use": int(info.uordblks + info.hblkhd), "free": int(info.fordblks)}
 
 
 def return_freed_memory() -> None:

@@ -78,11 +78,30 @@ def _train(argv: Sequence[str]) -> int:
         history = trainer.train()
     finally:
         trainer.close()
-    if history:
-        last = history[-1]
-        print(f"done: {len(history)} iterations, final reward {last['reward_mean']:.3f}, "
-              f"success {last['success_rate']:.3f}; run dir {trainer.run_dir}")
+    print(end_summary(trainer.report, history))
     return 0
+
+
+def end_summary(report: dict, history: Sequence[dict]) -> str:
+    """What a finished run prints: held-out success before -> after, wall time, where everything is, and the
+    commands that evaluate and serve the trained model."""
+    from agentgym.trainer import _clock
+
+    run_dir = report.get("run_dir", "")
+    lines = [f"done in {_clock(report.get('wall_s', 0.0))}: {len(history)} iterations"
+             + (f", final training success {history[-1].get('success_rate', float('nan')):.3f}" if history else "")]
+    before, after = report.get("eval_before"), report.get("eval_after")
+    if before and after:
+        lines.append(f"held-out greedy success: {before['success_rate']:.3f} -> {after['success_rate']:.3f} "
+                     f"({after['episodes']} tasks, {after['success_rate'] - before['success_rate']:+.3f})")
+    lines.append(f"  run dir  {run_dir}")
+    if report.get("curve"):
+        lines.append(f"  curve    {report['curve']}")
+    if report.get("model"):
+        lines.append(f"  model    {report['model']}")
+        lines.append(f"evaluate:  agentgym eval --model {run_dir} --episodes 128 --temperature 0")
+        lines.append(f"serve:     agentgym serve --model {report['model']}")
+    return "\n".join(lines)
 
 
 def _envs(argv: Sequence[str]) -> int:

@@ -137,8 +137,9 @@ class RunLogger:
                     self.wandb_sent_step = max(resume_step, logged_step)
             _replace_text(id_file, self.wandb_run.id)
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        """Append one iteration's metrics (peak memory added when missing) to every sink."""
+    def log(self, metrics: dict[str, Any], step: int, note: str = "") -> None:
+        """Append one iteration's metrics (peak memory added when missing) to every sink; ``note`` ends the console
+        line (e.g. the time left)."""
         record = {"iteration": step, **{k: _plain(v) for k, v in metrics.items()}}
         for k, v in peak_memory().items():
             record.setdefault(k, v)
@@ -147,7 +148,8 @@ class RunLogger:
         if self.wandb_run is not None and (self.wandb_sent_step is None or step > self.wandb_sent_step):
             self.wandb_run.log(record, step=step)
         if self.console is not None:
-            self.console.print(f"[bold]iter {step}[/bold] " + summary_line(record), highlight=False, soft_wrap=True)
+            line = summary_line(record) + (f" · {note}" if note else "")
+            self.console.print(f"[bold]iter {step}[/bold] " + line, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.wandb_run is not None:

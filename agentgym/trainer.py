@@ -113,6 +113,9 @@ class TrainConfig:
     """step envs in a thread pool of this size (for envs that wait on I/O)"""
     progress: bool = True
     """show a progress bar"""
+    eval_episodes: int = 64
+    """greedy episodes on held-out tasks (the evaluation seeds of ``agentgym eval``) before the first iteration and
+    after the last; written to run_dir/eval.json, the run ends with before -> after (0: no evaluation)"""
     save_episodes: int = 8
     """episodes per iteration written to run_dir/episodes.jsonl for `agentgym inspect` (0: none)"""
     max_failed_iterations: int = 3
@@ -131,6 +134,21 @@ class TrainConfig:
 
 CLI_ALIASES = {"env": "env_kwargs", "algo": "algo_kwargs"}
 """``--env.KEY`` and ``--algo.KEY`` are short for ``--env_kwargs.KEY`` and ``--algo_kwargs.KEY``."""
+
+
+EVAL_FILE = "eval.json"
+"""In the run directory: the held-out evaluations before and after training."""
+
+
+def _replace_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _default_run_dir(cfg: TrainConfig) -> str:
@@ -211,6 +229,9 @@ class Trainer:
         env_kwargs = dict(cfg.env_kwargs)
         # An episode may not outgrow the model: the env truncates before the engine would refuse the context.
         max_context = min(cfg.max_context_tokens, getattr(self.engine, "max_model_len", None) or cfg.max_context_tokens)
+        self._max_context = max_context
+        # Held-out evaluation plays cfg.env itself: only when the episodes come from cfg.env as the trainer builds it.
+        self._own_collector = collector is None
         if collector is None and cfg.rollout_workers > 0 and distributed.is_main_process():
             from agentgym.ray_rollout import RayCollector
 
@@ -233,6 +254,7 @@ class Trainer:
             self.algo = dataclasses.replace(self.algo, max_tokens=cfg.max_new_tokens * int(turns))
         self.iteration = 0
         self.run_dir = Path(cfg.run_dir or _default_run_dir(cfg))
+        self.report: dict[str, Any] = {}  # what train() measured and wrote (see train)
         if cfg.resume:
             state = load_checkpoint(cfg.resume, self._modules(), self.optimizer)
             self.iteration = int(state["step"])
@@ -563,41 +585,95 @@ class Trainer:
                 f.write(json.dumps(episode_record(ep, self.iteration + 1)) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------------------------
+    def evaluate(self, episodes: int | None = None) -> Any:
+        """Greedy success of the policy now on held-out tasks (the evaluation seeds of ``agentgym eval``), played
+        with the trainer's engine; returns an :class:`~agentgym.evaluate.EvalResult`."""
+        from agentgym.evaluate import evaluate_policy
+
+        n = self.cfg.eval_episodes if episodes is None else episodes
+        result, _ = evaluate_policy(
+            self.model, self.tokenizer, self.cfg.env, self.cfg.env_kwargs, episodes=n, temperature=0.0,
+            max_new_tokens=self.cfg.max_new_tokens, max_context_tokens=self._max_context, batch_size=min(n, 64),
+            engine=self.engine,
+        )
+        return result
+
     def train(self) -> list[dict[str, float]]:
-        """Run ``cfg.iterations`` iterations (minus those already done when resuming)."""
+        """Run ``cfg.iterations`` iterations (minus those already done when resuming), with a greedy held-out
+        evaluation before and after (``cfg.eval_episodes``) and the learning curve drawn at the end.
+
+        What the run wrote is summarised in ``self.report``: ``eval_before`` / ``eval_after`` (EvalResult as dicts),
+        ``wall_s``, ``run_dir``, ``curve`` (the PNG) and ``model`` (the exported directory)."""
         if self.parallel is not None and not self.parallel.is_main:
             return self.parallel.follow(self)  # steps in lockstep with rank 0, which logs and saves
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        t_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2, default=str))
         logger = RunLogger(
             self.run_dir, dataclasses.asdict(self.cfg), use_wandb=self.cfg.wandb, project=self.cfg.wandb_project,
             resume_step=self.iteration if self.cfg.resume else None,  # what a killed run logged past its checkpoint
         )
+        console = logger.console
+        evals_path = self.run_dir / EVAL_FILE
+        evals = json.loads(evals_path.read_text()) if self.cfg.resume and evals_path.is_file() else {}
+        evaluates = self.cfg.eval_episodes > 0 and self._own_collector
         history = []
+        live = bool(self.cfg.progress and console is not None and console.is_terminal)
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("reward {task.fields[reward]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn()]
+                   TextColumn("reward {task.fields[reward]}"), TextColumn("success {task.fields[success]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         try:
-            with Progress(*columns, disable=not self.cfg.progress, transient=False) as progress:
+            if evaluates and "before" not in evals:
+                evals["before"] = self._held_out("before training", console)
+                _replace_json(evals_path, evals)
+            with Progress(*columns, console=console, disable=not live, transient=False) as progress:
                 task = progress.add_task(
-                    "train", total=self.cfg.iterations, completed=self.iteration, reward="-"
+                    "train", total=self.cfg.iterations, completed=self.iteration, reward="-", success="-"
                 )
+                t_loop, done_here = time.perf_counter(), 0
                 while self.iteration < self.cfg.iterations:
                     metrics = self.step()
                     history.append(metrics)
-                    logger.log(metrics, step=self.iteration)
-                    progress.update(task, advance=1, reward=f"{metrics['reward_mean']:.3f}")
+                    done_here += 1
+                    eta = (time.perf_counter() - t_loop) / done_here * (self.cfg.iterations - self.iteration)
+                    logger.log(metrics, step=self.iteration, note="" if live else f"eta {_clock(eta)}")
+                    progress.update(task, advance=1, reward=f"{metrics['reward_mean']:.3f}",
+                                    success=f"{metrics.get('success_rate', float('nan')):.3f}")
                     every = self.cfg.checkpoint_every
                     if every and self.iteration % every == 0 and self.iteration < self.cfg.iterations:
                         self.save()
             self.save()
-            if self.cfg.export:
-                self.export(self.run_dir / "model")
+            model_dir = self.export(self.run_dir / "model") if self.cfg.export else None
+            if evaluates:
+                evals["after"] = self._held_out(f"after {self.iteration} iterations", console)
+                _replace_json(evals_path, evals)
+            self.report = {
+                "eval_before": evals.get("before"), "eval_after": evals.get("after"),
+                "wall_s": time.perf_counter() - t_start, "run_dir": str(self.run_dir),
+                "curve": self._draw_curve(), "model": str(model_dir) if model_dir is not None else None,
+            }
         finally:
             logger.close()
         return history
+
+    def _held_out(self, when: str, console: Any) -> dict[str, Any]:
+        result = self.evaluate()
+        if console is not None:
+            lo, hi = result.success_ci95
+            console.print(f"held-out greedy success {when}: {result.success_rate:.3f} (95% CI {lo:.2f}-{hi:.2f}, "
+                          f"{result.episodes} tasks, {result.wall_s:.0f} s)", highlight=False)
+        return dataclasses.asdict(result)
+
+    def _draw_curve(self) -> str | None:
+        """``run_dir/curve.png``: success and reward by iteration (None when nothing was logged)."""
+        from agentgym.plot import load_run, plot_runs
+
+        try:
+            return str(plot_runs([load_run(self.run_dir)], self.run_dir / "curve.png", title=self.run_dir.name))
+        except ValueError:  # no metric to draw (e.g. zero iterations)
+            return None
 
     def save(self) -> Path:
         """Write a checkpoint of the current iteration under ``run_dir/checkpoints``."""

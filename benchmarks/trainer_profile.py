@@ -42,28 +42,50 @@ def _status(key: str) -> float:
     return float("nan")
 
 
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process, so the next reading is the peak of what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 class _PeakSampler:
     """The largest resident set size seen while it runs (sampled every 20 ms in a thread)."""
 
     def __init__(self) -> None:
         import threading
 
-        self.peak = _status("VmRSS")
+        self.peak = 0.0
+        self.heap_free_at_peak = 0.0  # MiB malloc held free (allocator slack) when the peak was seen
+        self._read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _read(self) -> None:
+        from agentgym.allocator import heap_stats
+
+        rss = _status("VmRSS")
+        if rss > self.peak:
+            heap = heap_stats()
+            self.peak, self.heap_free_at_peak = rss, (heap["free"] / MiB if heap else float("nan"))
+
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _status("VmRSS"))
+            self._read()
 
     def __enter__(self) -> "_PeakSampler":
+        self.before = _status("VmHWM")  # the peak since the last reset: what ran between phases
+        _reset_peak()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _status("VmRSS"))
+        self._read()
+        self.peak = max(self.peak, _status("VmHWM"))  # exact: the kernel's high-water mark over the phase
+        _reset_peak()
 
 
 def _bytes(tensors) -> int:
@@ -124,8 +146,11 @@ class PhaseProfiler:
             t0 = time.perf_counter()
             with _PeakSampler() as peak:
                 out = fn(*args, **kwargs)
+            self.current["between_peak_mib"] = max(self.current.get("between_peak_mib", 0.0), peak.before)
             self.current[f"{phase}_s"] = self.current.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
-            self.current[f"{phase}_peak_mib"] = max(self.current.get(f"{phase}_peak_mib", 0.0), peak.peak)
+            if peak.peak > self.current.get(f"{phase}_peak_mib", 0.0):
+                self.current[f"{phase}_peak_mib"] = peak.peak
+                self.current[f"{phase}_heap_free_mib"] = peak.heap_free_at_peak
             return out
 
         return wrapped
@@ -148,7 +173,10 @@ class PhaseProfiler:
         rec["train_tokens_per_s"] = metrics.get("train_tokens_per_s", 0.0)
         rec["rollout_tokens_per_s"] = metrics.get("rollout_tokens_per_s", 0.0)
         rec["success_rate"] = metrics.get("success_rate", 0.0)
-        rec["peak_rss_mib"] = metrics.get("peak_rss_mb", 0.0)
+        # The phases reset the kernel's peak mark: the iteration's peak is the largest of theirs and the gaps'.
+        self.current["between_peak_mib"] = max(self.current.get("between_peak_mib", 0.0), _status("VmHWM"))
+        rec["between_peak_mib"] = self.current["between_peak_mib"]
+        rec["peak_rss_mib"] = max(v for k, v in rec.items() if k.endswith("_peak_mib"))
         self.records.append(rec)
         return rec
 
@@ -184,6 +212,9 @@ def memory_breakdown(trainer, profiler: PhaseProfiler, baseline_mib: float) -> d
     train_peak = max(r.get("update_peak_mib", 0.0) for r in profiler.records)
     counted = sum(v for k, v in out.items() if "generation only" not in k)
     out["allocator slack and the rest (update peak - the above)"] = train_peak - counted
+    for phase in ("rollout", "update"):
+        at = max(profiler.records, key=lambda r: r.get(f"{phase}_peak_mib", 0.0))
+        out[f"of which malloc's free blocks at the {phase} peak"] = at.get(f"{phase}_heap_free_mib", float("nan"))
     out["peak RSS of the process"] = peak
     return out
 
@@ -235,12 +266,14 @@ def main(argv=None) -> int:
     rows = [("rollout (generation + env)", "rollout"), ("batch building", "batch"),
             ("score (old/ref logprob passes)", "score"), ("update", "update"),
             ("  of which forward+backward", "forward_backward"), ("  of which optimizer steps", "optimizer"),
-            ("push weights to the engine", "push"), ("logging and the rest", "other")]
+            ("push weights to the engine", "push"), ("logging and the rest", "other"),
+            ("  peak between the phases (batch building, logging)", "between")]
     lines = [f"| phase ({cfg.env}, {cfg.algo}; median of the {len(trained)} of {len(recs)} iterations that trained) "
-             "| s | peak RSS in phase (MiB) |",
+             "| s | peak RSS in phase, any iteration (MiB) |",
              "|---|---|---|"]
     for label, key in rows:
-        peak = med.get(f"{key}_peak_mib")
+        peaks = [r[f"{key}_peak_mib"] for r in recs if f"{key}_peak_mib" in r]
+        peak = max(peaks) if peaks else None
         lines.append(f"| {label} | {med.get(f'{key}_s', 0.0):.2f} | {'' if peak is None else f'{peak:.0f}'} |")
     lines.append(f"| **iteration** | **{med['iteration_s']:.2f}** | **{max(r['peak_rss_mib'] for r in recs):.0f}** |")
     lines.append("")
