@@ -111,10 +111,17 @@ def load_model(
         model, tok = make_tiny_policy()
         return model.to(device=device, dtype=dtype), tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = _resolve(name, tokenizer_only=False)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load of a local model is noise in a run's output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval(), tok
 
 

@@ -129,6 +129,7 @@ class RunLogger:
                 config=config,
                 mode=_wandb_mode(),  # type: ignore[arg-type]
                 reinit="finish_previous",
+                settings=wandb.Settings(quiet=True),  # no history/summary dump at the end: the run prints its own
                 **resume,
             )
             if resume_step is not None:

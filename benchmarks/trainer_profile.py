@@ -1,15 +1,17 @@
 """Where a training iteration's time and memory go: a per-phase profile and a memory breakdown.
 
     python benchmarks/trainer_profile.py                       # the default main job (agentgym train, all defaults)
+    python benchmarks/trainer_profile.py --setting guess       # the earlier main job: GuessNumber, up to 7 turns
     python benchmarks/trainer_profile.py --setting vs_trl      # the GRPO setting of benchmarks/vs_trl.py
     python benchmarks/trainer_profile.py --setting spider      # the README's Spider GRPO setting
     python benchmarks/trainer_profile.py --activation-checkpointing off --iterations 3
 
 Phases of an iteration: rollout (generation and env steps), batch (episodes -> TensorDict), score (old values,
 reference logprobs: a forward pass, only when the algorithm needs one), update (forward+backward and optimizer
-steps), push (new weights to the engine), logging. Each phase's peak resident memory is read from the kernel's
-resident set size, sampled every 20 ms while the phase runs, so the table says which phase sets the process's peak
-and by how much.
+steps), push (new weights to the engine), logging. Each phase's peak resident memory is the kernel's high-water
+mark of the process (VmHWM), reset when the phase starts and read when it ends, so the table says exactly which
+phase sets the process's peak and by how much. A thread samples the resident size every 20 ms to read, at the
+sampled peak, how much malloc held free (its slack: freed blocks it keeps for reuse).
 
 The memory breakdown counts what the process holds at the peak of training: weights, the reference copy (KL),
 gradients, AdamW's two moments, the engine's packed decode weights (freed while training) and its largest KV cache
@@ -97,6 +99,9 @@ def config(setting: str, iterations: int, run_dir: str, overrides: dict):
 
     if setting == "main":  # `agentgym train` with every default
         cfg = TrainConfig(iterations=iterations, run_dir=run_dir, wandb=False, progress=False, export=False)
+    elif setting == "guess":  # the earlier main job: GuessNumber (up to 7 turns) with the defaults it had then
+        cfg = TrainConfig(env="agentgym/GuessNumber-v0", iterations=iterations, groups_per_iteration=4, group_size=8,
+                          max_new_tokens=32, lr=2e-6, run_dir=run_dir, wandb=False, progress=False, export=False)
     elif setting == "vs_trl":
         import vs_trl
         from agentgym.models import default_model_dir
@@ -221,7 +226,7 @@ def memory_breakdown(trainer, profiler: PhaseProfiler, baseline_mib: float) -> d
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=("main", "vs_trl", "spider"), default="main")
+    p.add_argument("--setting", choices=("main", "guess", "vs_trl", "spider"), default="main")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--activation-checkpointing", choices=("auto", "on", "off"), default=None)
     p.add_argument("--micro-batch-size", type=int, default=None)

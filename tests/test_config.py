@@ -27,7 +27,7 @@ def test_typo_suggests_key():
 
 def test_help_lists_every_field_with_default():
     text = help_text(TrainConfig, CLI_ALIASES)
-    assert "--lr  [default: 2e-06]" in text and "AdamW learning rate" in text
+    assert "--lr  [default: 1e-05]" in text and "AdamW learning rate" in text
     import dataclasses
 
     for f in dataclasses.fields(TrainConfig):

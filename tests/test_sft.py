@@ -206,7 +206,7 @@ def test_cli_trains_sft_from_the_run_dir_episodes(tmp_path):
 
     # A trainer-written episodes.jsonl (from an SFT rejection-sampling run) is valid SFT data.
     src = tmp_path / "first"
-    common = ["--model", "tiny", "--env.low", "1", "--env.high", "3", "--env.max_turns", "2",
+    common = ["--model", "tiny", "--env", "agentgym/GuessNumber-v0", "--env.low", "1", "--env.high", "3", "--env.max_turns", "2",
               "--env.system_prompt", "null", "--max_new_tokens", "1", "--groups_per_iteration", "4",
               "--group_size", "4", "--lr", "1e-2", "--wandb", "false", "--progress", "false", "--export", "false"]
     assert main(["train", "--algo", "sft", "--iterations", "1", "--save_episodes", "16", "--run_dir", str(src),

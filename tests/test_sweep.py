@@ -14,7 +14,7 @@ from agentgym.trainer import CLI_ALIASES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "benchmarks" / "sweep_grpo.yaml"
-TINY = ["--model", "tiny", "--env.system_prompt", "null", "--env.high", "3", "--env.max_turns", "2",
+TINY = ["--model", "tiny", "--env", "agentgym/GuessNumber-v0", "--env.system_prompt", "null", "--env.high", "3", "--env.max_turns", "2",
         "--max_new_tokens", "1", "--groups_per_iteration", "2", "--group_size", "4", "--iterations", "2",
         "--wandb", "false", "--progress", "false", "--export", "false"]
 
