@@ -111,18 +111,26 @@ def load_model(
         model, tok = make_tiny_policy()
         return model.to(device=device, dtype=dtype), tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     path = _resolve(name, tokenizer_only=False)
     tok = AutoTokenizer.from_pretrained(path)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per load of a local model is noise in a run's output
-    try:
+    with quiet_progress_bars():  # a bar per load of a local model is noise in a run's output
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return model.to(device).eval(), tok
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """No transformers progress bars ("Loading weights", "Writing model shards") inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _resolve(name: str, *, tokenizer_only: bool) -> str:
@@ -236,13 +244,16 @@ def _convert_gguf(gguf: Path, target: Path, *, tokenizer_only: bool) -> None:
             tok.save_pretrained(staging)
         if not tokenizer_only:
             log.warning("Converting %s to safetensors (about half a minute, once)", gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with quiet_progress_bars():
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                             dtype=torch.float32)
             # save_pretrained refuses a model loaded through the GGUF quantizer; the weights are plain fp32 by now.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.config.name_or_path = DEFAULT_MODEL
-            model.save_pretrained(staging, safe_serialization=True)
+            with quiet_progress_bars():
+                model.save_pretrained(staging, safe_serialization=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -686,15 +686,10 @@ class Trainer:
 
     def export(self, path: str | Path) -> Path:
         """Save the policy as a normal HF model directory (LoRA merged), with its tokenizer."""
-        from transformers.utils import logging as hf_logging
+        from agentgym.models import quiet_progress_bars
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the run's output
-        try:
+        with quiet_progress_bars():  # no "Writing model shards" bar in the run's output
             return self._export(Path(path))
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
 
     def _export(self, path: Path) -> Path:
         if self.cfg.lora_adapters:  # one model per adapter: path/<adapter>

@@ -271,8 +271,7 @@ def main(argv=None) -> int:
     rows = [("rollout (generation + env)", "rollout"), ("batch building", "batch"),
             ("score (old/ref logprob passes)", "score"), ("update", "update"),
             ("  of which forward+backward", "forward_backward"), ("  of which optimizer steps", "optimizer"),
-            ("push weights to the engine", "push"), ("logging and the rest", "other"),
-            ("  peak between the phases (batch building, logging)", "between")]
+            ("push weights to the engine", "push"), ("logging and the rest", "other")]
     lines = [f"| phase ({cfg.env}, {cfg.algo}; median of the {len(trained)} of {len(recs)} iterations that trained) "
              "| s | peak RSS in phase, any iteration (MiB) |",
              "|---|---|---|"]

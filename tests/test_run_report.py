@@ -117,3 +117,20 @@ def test_in_a_terminal_the_run_draws_a_live_bar_with_reward_success_and_eta(tmp_
     plain = ANSI.sub("", text)
     assert re.search(r"train .*2/2 reward \d\.\d{3} success \d\.\d{3}", plain), plain[-2000:]
     assert "ETA" in plain and "eta " not in plain  # the bar carries the time left; the lines need not
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_from_its_defaults(tmp_path):
+    """`agentgym train` with the embedded model and every default but the length: it evaluates, trains, draws the
+    curve, exports the model and prints the end summary (the learning itself is measured in the README)."""
+    out = subprocess.run([sys.executable, "-m", "agentgym.cli", "train", "--iterations", "2", "--eval_episodes", "8",
+                          "--wandb", "false", "--run_dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["env"] == "agentgym/Addition-v0" and config["model"] == "SmolLM2-135M-Instruct"
+    evals = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert evals["before"]["episodes"] == evals["after"]["episodes"] == 8
+    assert (tmp_path / "run" / "curve.png").is_file() and (tmp_path / "run" / "model" / "config.json").is_file()
+    assert "held-out greedy success: " in out.stdout and f"serve:     agentgym serve --model {tmp_path}" in out.stdout
+    assert "Loading weights" not in out.stderr and "Writing model shards" not in out.stderr
