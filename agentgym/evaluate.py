@@ -41,7 +41,10 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
     """model, env, env_kwargs, sampling and seed"""
     by_difficulty: dict[str, dict[str, float]] = field(default_factory=dict)
-    """``{level: {"count", "accuracy"}}`` (then ``"all"``) when the env reports a task ``difficulty``"""
+    """``{level: {"count", "accuracy"}}`` (then ``"all"``): the env's "by difficulty" report, when it has one"""
+    reports: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """the env's own tables (its ``eval_report(task_records)``), e.g. SpiderSQL's "by difficulty" and "by turn":
+    ``{title: {row: {"count", "accuracy"}}}``"""
     unplayed: list[dict[str, Any]] = field(default_factory=list)
     """tasks whose episode ended before the policy's first turn (counted as failures), with their reset info"""
 
@@ -132,7 +135,7 @@ def evaluate_policy(
     def make_env():
         return agentgym.make(env, tokenizer=tokenizer, max_context_tokens=max_context_tokens, **env_kwargs)
 
-    num_tasks = _task_set(make_env, env_kwargs)
+    num_tasks, eval_report = _probe(make_env, env_kwargs)
     if episodes is None:
         episodes = num_tasks or 64
     if episodes < 1 or batch_size < 1:
@@ -161,12 +164,7 @@ def evaluate_policy(
     returns = np.array([ep.total_reward for ep in collected] + [0.0] * len(unplayed), dtype=np.float64)
     wins = int(sum(ep.success for ep in collected))
     records = task_records(collected, unplayed)
-    by_difficulty: dict[str, dict[str, float]] = {}
-    if any("difficulty" in r for r in records):
-        from agentgym.envs.spider_sql.evaluation import accuracy_report
-
-        by_difficulty = accuracy_report({"correct": r["success"], "difficulty": r.get("difficulty", "unknown")}
-                                        for r in records)
+    reports = eval_report(records) if eval_report is not None else {}
     result = EvalResult(
         success_rate=wins / total,
         success_ci95=wilson_interval(wins, total),
@@ -180,26 +178,38 @@ def evaluate_policy(
         wall_s=wall,
         settings=dict(env=env, env_kwargs=env_kwargs, temperature=temperature, top_p=top_p, top_k=top_k,
                       max_new_tokens=max_new_tokens, max_context_tokens=max_context_tokens, seed=seed),
-        by_difficulty=by_difficulty,
+        by_difficulty=reports.get("by difficulty", {}),
+        reports=reports,
         unplayed=unplayed,
     )
     return result, collected
 
 
-def _task_set(make_env: Any, env_kwargs: dict[str, Any]) -> int | None:
-    """The number of tasks of an env that serves a finite task set (setting ``task_order="by_seed"`` in
-    ``env_kwargs`` unless given), else ``None``."""
+def _probe(make_env: Any, env_kwargs: dict[str, Any]) -> tuple[int | None, Any]:
+    """What the env says about evaluating it: the number of tasks of an env that serves a finite task set (setting
+    ``task_order="by_seed"`` in ``env_kwargs`` unless given), else ``None``; and its ``eval_report`` (a function of
+    the task records returning its own tables), else ``None``. Both are looked up through the env's wrappers."""
     probe = make_env()
     try:
-        inner = probe
-        while inner is not None and not hasattr(inner, "num_tasks"):
+        num_tasks, report, inner = None, None, probe
+        while inner is not None:
+            report = report or getattr(inner, "eval_report", None)
+            if num_tasks is None and hasattr(inner, "num_tasks") and hasattr(inner, "task_order"):
+                env_kwargs.setdefault("task_order", "by_seed")
+                num_tasks = int(inner.num_tasks) if env_kwargs["task_order"] == "by_seed" else 0
             inner = getattr(inner, "env", None)
-        if inner is None or not hasattr(inner, "task_order"):
-            return None
-        env_kwargs.setdefault("task_order", "by_seed")
-        return int(inner.num_tasks) if env_kwargs["task_order"] == "by_seed" else None
+        return (num_tasks or None), report
     finally:
         probe.close()
+
+
+def format_table(title: str, table: dict[str, dict[str, float]]) -> str:
+    """One of an env's report tables (``{row: {"count", "accuracy"}}``) as text."""
+    width = max([len(title), *(len(k) for k in table)])
+    lines = [f"{title:<{width}} {'count':>6} {'accuracy':>9}"]
+    for row, v in table.items():
+        lines.append(f"{row:<{width}} {int(v['count']):>6} {v['accuracy']:>9.3f}")
+    return "\n".join(lines)
 
 
 def task_records(episodes: Sequence[Any], unplayed: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -354,10 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"time      {result.wall_s:.1f} s")
         if result.unplayed:
             print(f"unplayed  {len(result.unplayed)} tasks ended before the policy's first turn (counted as failures)")
-        if result.by_difficulty:
-            from agentgym.envs.spider_sql.evaluation import format_report
-
-            print("\n" + format_report(result.by_difficulty) + "\n")
+        for title, table in result.reports.items():
+            print("\n" + format_table(title, table))
+        if result.reports:
+            print()
         print(f"wrote {out / 'eval.json'}, results.jsonl and episodes.jsonl (agentgym inspect {out})")
     return 0
 

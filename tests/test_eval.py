@@ -1,6 +1,7 @@
 """agentgym eval: loading a policy from a run, a checkpoint or a model directory, and its success rate."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def test_spider_dev_accuracy_by_difficulty_and_per_example_results(tmp_path, cap
     dev = load_spider(split="dev", max_examples=7)
     out = tmp_path / "eval"
     argv = ["--model", str(tmp_path / "m"), "--env", "agentgym/SpiderSQL-v0", "--split", "dev",
-            "--env.max_examples", "7", "--env.max_turns", "1", "--max-new-tokens", "2", "--max-context-tokens", "8192",
+            "--env.max_examples", "7", "--env.max_turns", "2", "--max-new-tokens", "2", "--max-context-tokens", "8192",
             "--out-dir", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -147,6 +148,12 @@ def test_spider_dev_accuracy_by_difficulty_and_per_example_results(tmp_path, cap
     assert report["by_difficulty"] == accuracy_report({"correct": r["success"], "difficulty": r["difficulty"]}
                                                       for r in rows)
     assert report["by_difficulty"]["all"]["count"] == 7
-    assert "exec acc" in text and "all" in text
+    assert re.search(r"^by difficulty +count +accuracy$", text, re.M) and re.search(r"^all +7 ", text, re.M)
     for level, row in report["by_difficulty"].items():
-        assert f"{level:<8} {int(row['count']):>6}" in text
+        assert re.search(rf"^{level} +{int(row['count'])} +{row['accuracy']:.3f}$", text, re.M)
+    # Two replies allowed: accuracy of the query standing after each reply, from the per-question results.
+    for k in (1, 2):
+        acc = sum(r[f"correct_turn_{k}"] for r in rows) / 7
+        assert report["reports"]["by turn"][f"after reply {k}"] == {"count": 7, "accuracy": acc}
+        assert re.search(rf"^after reply {k} +7 +{acc:.3f}$", text, re.M)
+    assert [r["correct_turn_2"] for r in rows] == [r["success"] for r in rows]  # the last reply's query is final

@@ -101,6 +101,30 @@ def test_revise_then_submit_the_last_query(dev_examples) -> None:
     assert term and reward == 1.0 and info["final_query"] == dev_examples[0].query and info["turn"] == 3
 
 
+def test_correct_by_turn_scores_the_query_standing_after_each_reply(dev_examples) -> None:
+    env = SpiderSQLEnv(examples=dev_examples, max_turns=4)
+    env.reset(options={"index": 0})
+    env.step(fence("SELECT nope FROM band"))  # turn 1: an error
+    env.step("Let me think.")  # turn 2: no query, the error still stands
+    env.step(fence(dev_examples[0].query))  # turn 3: the fix
+    *_, info = env.step("SUBMIT")  # turn 4 submits it
+    assert [info[f"correct_turn_{k}"] for k in (1, 2, 3, 4)] == [False, False, True, True]
+    env.reset(options={"index": 0})
+    *_, info = env.step(fence(dev_examples[0].query) + "\nSUBMIT")  # right at once: right after every turn
+    assert [info[f"correct_turn_{k}"] for k in (1, 2, 3, 4)] == [True] * 4
+    env.reset(options={"index": 0})
+    env.step(fence(dev_examples[0].query))
+    *_, info = env.step(fence("SELECT name FROM band WHERE 0") + "\nSUBMIT")  # a right query revised wrong
+    assert [info[f"correct_turn_{k}"] for k in (1, 2, 3, 4)] == [True, False, False, False] and not info["success"]
+    records = [{"success": False, "difficulty": "easy", "correct_turn_1": False, "correct_turn_2": True},
+               {"success": True, "difficulty": "hard", "correct_turn_1": True, "correct_turn_2": True},
+               {"success": False, "difficulty": "hard", "correct_turn_1": False, "correct_turn_2": False}]
+    report = SpiderSQLEnv.eval_report(records)
+    assert report["by turn"] == {"after reply 1": {"count": 3, "accuracy": 1 / 3},
+                                 "after reply 2": {"count": 3, "accuracy": 2 / 3}}
+    assert report["by difficulty"]["hard"] == {"count": 2, "accuracy": 0.5}
+
+
 def test_result_preview_is_short_and_counts_rows(dev_examples) -> None:
     env = SpiderSQLEnv(examples=dev_examples, preview_rows=2)
     env.reset(options={"index": 0})

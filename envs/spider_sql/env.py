@@ -27,7 +27,9 @@ score it); ``truncated`` is left to the token-level wrapper's context limit. The
 ``success``, ``correct``, ``final_query``, ``gold_query``, ``end_reason`` (``submitted`` or ``max_turns``),
 ``match_reason`` (``match``, ``mismatch``, ``error``, ``timeout``, ``too_many_rows``, ``no_query``, or
 ``gold_error`` when the example's own gold query fails: scored as an error, with a warning), ``difficulty``,
-``db_id`` and ``example_index``.
+``db_id``, ``example_index``, and ``correct_turn_1`` ... ``correct_turn_<max_turns>``: whether the query standing
+after each reply (the last one written by then; after the episode ended, the final one) matches, so evaluation
+reports accuracy by turn and self-correction's gain is a number (each distinct query is scored once).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import gymnasium as gym
 
 from agentgym.envs.spider_sql.data import DatabaseSchema, SpiderExample, load_spider, load_tables
-from agentgym.envs.spider_sql.evaluation import GoldQueryError, execution_match, suite_db_paths
+from agentgym.envs.spider_sql.evaluation import GoldQueryError, accuracy_report, execution_match, suite_db_paths
 from agentgym.envs.spider_sql.sandbox import ExecutionResult, SQLSandbox
 from agentgym.envs.spider_sql.schema import format_rows, serialize_schema
 from agentgym.envs.spider_sql.sql_text import tokenize
@@ -269,6 +271,7 @@ class SpiderSQLEnv(MessageEnv):
         self.example = self.examples[index]
         self.turn = 0
         self.last_query = None
+        self._standing: list[str | None] = []  # the query standing after each reply
         self.done = False
         self._index = index
         messages = [
@@ -298,6 +301,7 @@ class SpiderSQLEnv(MessageEnv):
             self.last_query = query
         elif not submitted:
             reward += self.reward_invalid_reply
+        self._standing.append(self.last_query)
         if submitted or self.turn >= self.max_turns:
             return self._finish(reward, "submitted" if submitted else "max_turns")
         left = self.max_turns - self.turn
@@ -323,22 +327,10 @@ class SpiderSQLEnv(MessageEnv):
         final = self.last_query
         if final is None:
             correct, match_reason, final_reward = False, "no_query", self.reward_error
+            verdicts: dict[str, Any] = {}
         else:
-            paths = suite_db_paths(ex.db_path) if self.use_test_suite else [ex.db_path]
-            try:
-                verdict = execution_match(
-                    final,
-                    ex.query,
-                    paths,
-                    keep_distinct=self.keep_distinct,
-                    timeout_s=self.timeout_s,
-                    max_rows=self.max_result_rows,
-                    sandboxes={p: self._sandbox(p) for p in paths},
-                )
-            except GoldQueryError as e:
-                # A broken example in the user's data: score it 0 and say so, rather than stop a training run.
-                warnings.warn(f"{ex.split} example {ex.index} ({ex.db_id}) cannot be scored: {e}", stacklevel=2)
-                verdict = None
+            verdicts = {final: self._verdict(final, warn=True)}
+            verdict = verdicts[final]
             correct = verdict is not None and verdict.correct
             match_reason = verdict.reason if verdict is not None else "gold_error"
             if verdict is None:
@@ -362,7 +354,45 @@ class SpiderSQLEnv(MessageEnv):
             "db_id": ex.db_id,
             "example_index": self._index,
         }
+        standing = self._standing + [final] * (self.max_turns - len(self._standing))
+        for k, query in enumerate(standing, start=1):
+            if query is not None and query not in verdicts:
+                verdicts[query] = self._verdict(query, warn=False)
+            v = verdicts.get(query) if query is not None else None
+            info[f"correct_turn_{k}"] = v is not None and v.correct
         return [], reward + final_reward, True, False, info
+
+    def _verdict(self, query: str, warn: bool) -> Any:
+        """The execution match of ``query`` against the gold query (None when the gold query itself fails)."""
+        ex = self.example
+        assert ex is not None
+        paths = suite_db_paths(ex.db_path) if self.use_test_suite else [ex.db_path]
+        try:
+            return execution_match(
+                query,
+                ex.query,
+                paths,
+                keep_distinct=self.keep_distinct,
+                timeout_s=self.timeout_s,
+                max_rows=self.max_result_rows,
+                sandboxes={p: self._sandbox(p) for p in paths},
+            )
+        except GoldQueryError as e:
+            if warn:  # a broken example in the user's data: score it 0 and say so, rather than stop a training run
+                warnings.warn(f"{ex.split} example {ex.index} ({ex.db_id}) cannot be scored: {e}", stacklevel=3)
+            return None
+
+    @staticmethod
+    def eval_report(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+        """What ``agentgym eval`` reports beyond the success rate: execution accuracy by difficulty, and by turn
+        (the query standing after reply k) when episodes had more than one reply."""
+        out = {"by difficulty": accuracy_report(
+            {"correct": r["success"], "difficulty": r.get("difficulty", "unknown")} for r in records)}
+        turns = sorted({int(k.rsplit("_", 1)[1]) for r in records for k in r if k.startswith("correct_turn_")})
+        if len(turns) > 1:
+            out["by turn"] = {f"after reply {k}": {"count": len(records), "accuracy": sum(
+                bool(r.get(f"correct_turn_{k}", False)) for r in records) / max(len(records), 1)} for k in turns}
+        return out
 
     def close(self) -> None:
         """Close the database connections."""
