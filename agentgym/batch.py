@@ -249,3 +249,33 @@ def trim(batch: TensorDict) -> TensorDict:
             value = value[:, :width]
         out[key] = value
     return TensorDict(out, batch_size=batch.batch_size)
+
+
+def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:
+    """An episode as a JSON-able dict: every turn's context, sampled ids, logprobs and reward."""
+    return {
+        "iteration": iteration,
+        "episode_id": ep.episode_id,
+        "group_id": ep.group_id,
+        "agent_id": ep.agent_id,
+        "return": ep.total_reward,
+        "success": ep.success,
+        "terminated": ep.terminated,
+        "truncated": ep.truncated,
+        "turns": [
+            {
+                "prompt_ids": t.prompt_ids,
+                "action_ids": t.action_ids,
+                "logprobs": t.logprobs,
+                "reward": t.reward,
+                "finish_reason": t.finish_reason,
+            }
+            for t in ep.turns
+        ],
+        "info": scalar_info(ep.info),
+    }
+
+
+def scalar_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able scalar entries of an episode's info (strings, numbers, booleans, None)."""
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}

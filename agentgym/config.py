@@ -11,8 +11,10 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import os
 import re
 import textwrap
+import time
 import types
 import typing
 from pathlib import Path
@@ -188,8 +190,6 @@ def parse_command(
     try:
         cfg = parse_cli(cls, argv, aliases)
         if sweep:
-            from agentgym.sweep import apply_wandb_config
-
             cfg = apply_wandb_config(cfg, aliases)
         if validate is not None:
             validate(cfg)
@@ -197,3 +197,53 @@ def parse_command(
         print(f"agentgym train: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     return cfg
+
+
+# -- wandb agent ----------------------------------------------------------------------------------------------------
+def wandb_sweep_values() -> dict[str, Any] | None:
+    """The parameter values a wandb agent chose for this process, or None when no agent launched it.
+
+    The agent sets ``WANDB_SWEEP_ID`` and writes the run's values to the file named by ``WANDB_SWEEP_PARAM_PATH``;
+    they are read from there (no network). Without that file, ``wandb.init()`` joins the sweep run and its
+    ``wandb.config`` is read (the run stays open for the run logger).
+    """
+    if not os.environ.get("WANDB_SWEEP_ID"):
+        return None
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if path and Path(path).is_file():
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    else:
+        import wandb
+
+        run = wandb.run or wandb.init()
+        raw = dict(run.config)
+    values = {}
+    for k, v in raw.items():
+        if k in ("wandb_version", "_wandb") or k.startswith("_"):
+            continue
+        values[k] = v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v
+    return values
+
+
+def apply_wandb_config(cfg: Any, aliases: dict[str, str] | None = None) -> Any:
+    """``cfg`` with the values of the wandb sweep run applied, when a wandb agent launched this process.
+
+    Outside a sweep (``WANDB_SWEEP_ID`` unset) ``cfg`` comes back unchanged. Inside one, every ``wandb.config`` key
+    overrides the field of that name (dotted keys reach into dicts; an unknown key is an error that names the
+    closest field), wandb logging is turned on (the agent reads the metrics from it), the project follows
+    ``WANDB_PROJECT``, and a run with no ``run_dir`` gets ``runs/sweep-SWEEP_ID/RUN_ID``.
+    """
+    values = wandb_sweep_values()
+    if values is None:
+        return cfg
+    cfg = apply_overrides(cfg, values, aliases)
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if "wandb" in names:
+        changes["wandb"] = True
+    if "wandb_project" in names and os.environ.get("WANDB_PROJECT"):
+        changes["wandb_project"] = os.environ["WANDB_PROJECT"]
+    if "run_dir" in names and not getattr(cfg, "run_dir"):
+        run_id = os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
+        changes["run_dir"] = str(Path("runs") / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / run_id)
+    return dataclasses.replace(cfg, **changes)

@@ -215,7 +215,7 @@ def format_table(title: str, table: dict[str, dict[str, float]]) -> str:
 def task_records(episodes: Sequence[Any], unplayed: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """One JSON-able line per task, in seed order: seed, success, return, turns, truncated and the env's scalar info
     (for SpiderSQL: difficulty, db_id, example_index, final_query, gold_query, match_reason)."""
-    from agentgym.trainer import scalar_info
+    from agentgym.batch import scalar_info
 
     rows = []
     for ep in episodes:
@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.settings["model"] = args.model
     result.settings["tokenizer"] = _tokenizer_source(args.model, run_conf)
     record = asdict(result)
-    from agentgym.trainer import episode_record
+    from agentgym.batch import episode_record
 
     out = Path(args.out_dir or Path("runs") / "eval" / f"{settings['env'].split('/')[-1]}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

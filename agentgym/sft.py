@@ -102,7 +102,7 @@ class SFTConfig(TrainConfig):
 
 # -- trajectory files -----------------------------------------------------------------------------------------------
 def episode_from_record(record: dict[str, Any]) -> Episode:
-    """An :class:`~agentgym.batch.Episode` from an episode record (see :func:`agentgym.trainer.episode_record`)."""
+    """An :class:`~agentgym.batch.Episode` from an episode record (see :func:`agentgym.batch.episode_record`)."""
     turns = []
     for k, t in enumerate(record["turns"]):
         action = [int(i) for i in t["action_ids"]]

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from agentgym.config import apply_wandb_config, parse_cli, wandb_sweep_values  # noqa: F401  (the wandb agent API)
+
 SWEEP_KEYS = (
     "program", "method", "metric", "parameters", "command", "name", "description", "run_cap", "early_terminate",
     "project", "entity", "controller", "job", "image", "scheduler",
@@ -314,9 +316,9 @@ def run_train(args: list[str], log_path: Path, in_process: bool = False) -> int:
     """Run ``agentgym train ARGS`` (a subprocess by default), output to ``log_path``; returns its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if in_process:
-        from agentgym.cli import main
+        from agentgym.train_command import main
 
-        return int(main(["train", *args]) or 0)
+        return int(main(args) or 0)
     with log_path.open("w") as log:
         proc = subprocess.run([sys.executable, "-m", "agentgym.cli", "train", *args], stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -440,58 +442,6 @@ def write_results(results: Sequence[RunResult], spec: SweepSpec, out_dir: str | 
                                                  default=str))
 
 
-# -- wandb agent ----------------------------------------------------------------------------------------------------
-def wandb_sweep_values() -> dict[str, Any] | None:
-    """The parameter values a wandb agent chose for this process, or None when no agent launched it.
-
-    The agent sets ``WANDB_SWEEP_ID`` and writes the run's values to the file named by ``WANDB_SWEEP_PARAM_PATH``;
-    they are read from there (no network). Without that file, ``wandb.init()`` joins the sweep run and its
-    ``wandb.config`` is read (the run stays open for the run logger).
-    """
-    if not os.environ.get("WANDB_SWEEP_ID"):
-        return None
-    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
-    if path and Path(path).is_file():
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    else:
-        import wandb
-
-        run = wandb.run or wandb.init()
-        raw = dict(run.config)
-    values = {}
-    for k, v in raw.items():
-        if k in ("wandb_version", "_wandb") or k.startswith("_"):
-            continue
-        values[k] = v["value"] if isinstance(v, dict) and set(v) <= {"value", "desc"} and "value" in v else v
-    return values
-
-
-def apply_wandb_config(cfg: Any, aliases: dict[str, str] | None = None) -> Any:
-    """``cfg`` with the values of the wandb sweep run applied, when a wandb agent launched this process.
-
-    Outside a sweep (``WANDB_SWEEP_ID`` unset) ``cfg`` comes back unchanged. Inside one, every ``wandb.config`` key
-    overrides the field of that name (dotted keys reach into dicts; an unknown key is an error that names the
-    closest field), wandb logging is turned on (the agent reads the metrics from it), the project follows
-    ``WANDB_PROJECT``, and a run with no ``run_dir`` gets ``runs/sweep-SWEEP_ID/RUN_ID``.
-    """
-    values = wandb_sweep_values()
-    if values is None:
-        return cfg
-    from agentgym.config import apply_overrides
-
-    cfg = apply_overrides(cfg, values, aliases)
-    changes: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cfg)}
-    if "wandb" in names:
-        changes["wandb"] = True
-    if "wandb_project" in names and os.environ.get("WANDB_PROJECT"):
-        changes["wandb_project"] = os.environ["WANDB_PROJECT"]
-    if "run_dir" in names and not getattr(cfg, "run_dir"):
-        run_id = os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
-        changes["run_dir"] = str(Path("runs") / f"sweep-{os.environ['WANDB_SWEEP_ID']}" / run_id)
-    return dataclasses.replace(cfg, **changes)
-
-
 # -- command --------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -547,7 +497,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_train_args(spec: SweepSpec, points: Sequence[dict[str, Any]], extra: Sequence[str]) -> None:
     """Parse every run's arguments before the first run starts, so a typo fails in a second, not after a run."""
-    from agentgym.config import parse_cli
     from agentgym.trainer import CLI_ALIASES, TrainConfig
 
     for point in points:

@@ -52,6 +52,12 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
+def clock(seconds: float) -> str:
+    """``M:SS``, or ``H:MM:SS`` from an hour on."""
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def summary_line(record: dict[str, Any]) -> str:
     """The per-iteration console summary of a metrics record."""
     parts = []

@@ -23,7 +23,7 @@ from tensordict import TensorDict
 
 from agentgym import algos, distributed
 from agentgym.allocator import keep_freed_memory, return_freed_memory
-from agentgym.batch import Episode, length_buckets, to_batch, trim
+from agentgym.batch import Episode, episode_record, length_buckets, scalar_info, to_batch, trim
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.collector import Collector
 from agentgym.policy import (
@@ -33,7 +33,7 @@ from agentgym.policy import (
     hidden_size,
     set_activation_checkpointing,
 )
-from agentgym.tracking import RunLogger, combine_metrics
+from agentgym.tracking import RunLogger, clock, combine_metrics
 
 
 @dataclass
@@ -146,11 +146,6 @@ def _replace_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _default_run_dir(cfg: TrainConfig) -> str:
@@ -640,7 +635,7 @@ class Trainer:
                     history.append(metrics)
                     done_here += 1
                     eta = (time.perf_counter() - t_loop) / done_here * (self.cfg.iterations - self.iteration)
-                    logger.log(metrics, step=self.iteration, note="" if live else f"eta {_clock(eta)}")
+                    logger.log(metrics, step=self.iteration, note="" if live else f"eta {clock(eta)}")
                     progress.update(task, advance=1, reward=f"{metrics['reward_mean']:.3f}",
                                     success=f"{metrics.get('success_rate', float('nan')):.3f}")
                     every = self.cfg.checkpoint_every
@@ -808,36 +803,6 @@ def _adamw_kwargs(model: torch.nn.Module) -> dict[str, Any]:
                       for p in params):
         return {"fused": True}
     return {}
-
-
-def episode_record(ep: Episode, iteration: int) -> dict[str, Any]:
-    """An episode as a JSON-able dict: every turn's context, sampled ids, logprobs and reward."""
-    return {
-        "iteration": iteration,
-        "episode_id": ep.episode_id,
-        "group_id": ep.group_id,
-        "agent_id": ep.agent_id,
-        "return": ep.total_reward,
-        "success": ep.success,
-        "terminated": ep.terminated,
-        "truncated": ep.truncated,
-        "turns": [
-            {
-                "prompt_ids": t.prompt_ids,
-                "action_ids": t.action_ids,
-                "logprobs": t.logprobs,
-                "reward": t.reward,
-                "finish_reason": t.finish_reason,
-            }
-            for t in ep.turns
-        ],
-        "info": scalar_info(ep.info),
-    }
-
-
-def scalar_info(info: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able scalar entries of an episode's info (strings, numbers, booleans, None)."""
-    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

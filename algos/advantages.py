@@ -16,18 +16,20 @@ Advantages are 0 wherever loss_mask is False.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from agentgym.algos.config import AlgoConfig
 from agentgym.algos.credit import credit_returns, policy_token_gae
 from agentgym.algos.episodes import REQUIRED_KEYS, EpisodeIndex, require_keys
 from agentgym.algos.registry import Registry
 
-AdvantageFn = Callable[[TensorDict, AlgoConfig, EpisodeIndex], tuple[Tensor, Optional[Tensor]]]
+if TYPE_CHECKING:  # the config imports the registries defined here
+    from agentgym.algos.config import AlgoConfig
+
+AdvantageFn = Callable[[TensorDict, "AlgoConfig", EpisodeIndex], tuple[Tensor, Optional[Tensor]]]
 ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage estimator")
 register_advantage = ADVANTAGE_ESTIMATORS.register
 

@@ -16,6 +16,8 @@ do the gradients) however the rows are split.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,9 +25,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from agentgym.algos.config import AlgoConfig
 from agentgym.algos.episodes import EpisodeIndex, require_keys
 from agentgym.algos.registry import Registry
+
+if TYPE_CHECKING:  # the config imports the registries defined here
+    from agentgym.algos.config import AlgoConfig
 
 
 @dataclass(frozen=True)

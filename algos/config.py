@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentgym.algos.advantages import ADVANTAGE_ESTIMATORS
+from agentgym.algos.aggregation import AGGREGATIONS
+from agentgym.algos.credit import CREDIT_MODES
+from agentgym.algos.kl import KL_ESTIMATORS
+from agentgym.algos.losses import POLICY_LOSSES
+
 
 @dataclass
 class AlgoConfig:
@@ -81,13 +87,6 @@ class AlgoConfig:
     """PPO value clipping: new values stay within ±value_clip of the old ones in the loss; None disables"""
 
     def __post_init__(self) -> None:
-        # Imported here: the registries live in modules that import this one.
-        from agentgym.algos.advantages import ADVANTAGE_ESTIMATORS
-        from agentgym.algos.aggregation import AGGREGATIONS
-        from agentgym.algos.credit import CREDIT_MODES
-        from agentgym.algos.kl import KL_ESTIMATORS
-        from agentgym.algos.losses import POLICY_LOSSES
-
         ADVANTAGE_ESTIMATORS.lookup(self.advantage)
         CREDIT_MODES.lookup(self.credit)
         POLICY_LOSSES.lookup(self.policy_loss)

@@ -15,6 +15,8 @@ Control Using Generalized Advantage Estimation") over the same squeezed sequence
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,9 +24,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from agentgym.algos.config import AlgoConfig
 from agentgym.algos.episodes import EpisodeIndex, require_keys
 from agentgym.algos.registry import Registry
+
+if TYPE_CHECKING:  # the config imports the registries defined here
+    from agentgym.algos.config import AlgoConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Returns:
     """[E] R_e, the episode's return from its start (the quantity group baselines are computed from)"""
 
 
-CreditFn = Callable[[TensorDict, AlgoConfig, EpisodeIndex], Returns]
+CreditFn = Callable[[TensorDict, "AlgoConfig", EpisodeIndex], Returns]
 CREDIT_MODES: Registry[CreditFn] = Registry("credit assignment mode")
 register_credit = CREDIT_MODES.register
 

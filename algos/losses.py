@@ -21,6 +21,8 @@ Value loss (PPO with value clipping):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +32,12 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from agentgym.algos.aggregation import LossNormalizer, aggregate, sequence_keys
-from agentgym.algos.config import AlgoConfig
 from agentgym.algos.episodes import require_keys
 from agentgym.algos.kl import kl_penalty
 from agentgym.algos.registry import Registry
+
+if TYPE_CHECKING:  # the config imports the registries defined here
+    from agentgym.algos.config import AlgoConfig
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class PolicyLossOutput:
     """[b, T] bool, True where the dual-clip bound -c·A was the one chosen"""
 
 
-PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, AlgoConfig, Tensor], PolicyLossOutput]
+PolicyLossFn = Callable[[Tensor, Tensor, Tensor, Tensor, "AlgoConfig", Tensor], PolicyLossOutput]
 """(log_ratio, logprobs, advantages, mask, cfg, seq_ids) -> PolicyLossOutput; seq_ids [b, T] is each policy
 token's sequence (`agentgym.algos.sequence_ids`), -1 elsewhere, and a micro-batch holds whole sequences"""
 POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss")

@@ -104,7 +104,8 @@ def test_every_config_field_has_a_one_line_docstring():
 
 
 def test_algos_command_lists_every_algorithm_with_its_description(capsys):
-    from agentgym.cli import BEYOND_RL, main
+    from agentgym.cli import main
+    from agentgym.train_command import BEYOND_RL
 
     assert main(["algos"]) == 0
     lines = capsys.readouterr().out.splitlines()

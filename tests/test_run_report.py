@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from agentgym.cli import end_summary
+from agentgym.train_command import end_summary
 from agentgym.evaluate import evaluate_policy
 from agentgym.tiny import make_tiny_policy
 from agentgym.trainer import TrainConfig, Trainer
