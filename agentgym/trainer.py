@@ -56,8 +56,9 @@ class TrainConfig:
     """collect-and-update iterations"""
     groups_per_iteration: int = 8
     """tasks per iteration"""
-    group_size: int = 8
-    """episodes per task (the GRPO group); 0 takes the algorithm's default"""
+    group_size: int = 0
+    """episodes per task (the GRPO group); 0 takes the algorithm's own (8 for the GRPO family, 1 for PPO and
+    REINFORCE++)"""
     max_new_tokens: int = 16
     """tokens the policy may generate per turn"""
     temperature: float = 1.0

@@ -127,3 +127,13 @@ def test_cli_output_into_a_closed_pipe_stops_quietly():
               "sys.exit(main(['algos']))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_each_preset_keeps_its_group_size_unless_the_run_sets_one():
+    from agentgym.trainer import TrainConfig
+
+    assert TrainConfig(algo="ppo").algo_config().group_size == 1
+    assert TrainConfig(algo="reinforce_pp").algo_config().group_size == 1
+    assert TrainConfig(algo="grpo").algo_config().group_size == 8
+    assert TrainConfig(algo="ppo", group_size=4).algo_config().group_size == 4
+    assert TrainConfig(algo="ppo", group_size=4, algo_kwargs={"group_size": 2}).algo_config().group_size == 2
