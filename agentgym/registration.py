@@ -95,7 +95,8 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     A :class:`~agentgym.message_env.MessageEnv` is wrapped in a
     :class:`~agentgym.message_env.ChatTokenEnv`; these keyword arguments go to the wrapper, the rest to the env:
 
-    - ``tokenizer``: a transformers tokenizer with a chat template (default: the embedded model's tokenizer);
+    - ``tokenizer``: a transformers tokenizer with a chat template (default: the embedded model's tokenizer when it
+      is in the cache; ``make`` never fetches it, ``agentgym fetch`` or the first ``agentgym train`` does);
     - ``max_context_tokens``: the context limit (default 4096);
     - ``tools``: tool schemas for the chat template.
 
@@ -118,9 +119,7 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     if isinstance(env, MessageEnv):
         tokenizer = wrapper_kwargs.pop("tokenizer", None)
         if tokenizer is None:
-            from agentgym.models import load_tokenizer
-
-            tokenizer = load_tokenizer()
+            tokenizer = _cached_default_tokenizer(id)
         env = ChatTokenEnv(env, tokenizer, **wrapper_kwargs)
     elif not isinstance(env, TokenEnv):
         raise TypeError(f"{id!r} built a {type(env).__name__}, neither a TokenEnv nor a MessageEnv")
@@ -140,3 +139,19 @@ def make_vec(id: str, num_envs: int, num_threads: int = 0, **kwargs: Any):
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     return TokenVectorEnv([lambda: make(id, **kwargs) for _ in range(num_envs)], num_threads=num_threads)
+
+
+def _cached_default_tokenizer(env_id: str) -> Any:
+    """The embedded model's tokenizer when it is in the cache; ``make`` never fetches it (no network as a side
+    effect of building an env)."""
+    from agentgym.models import DEFAULT_MODEL, cached_default_model_dir
+
+    path = cached_default_model_dir(tokenizer_only=True)
+    if path is None:
+        raise ValueError(
+            f"make({env_id!r}) needs a tokenizer: pass tokenizer=... (e.g. agentgym.models.load_tokenizer(PATH)), or "
+            f"fetch the embedded {DEFAULT_MODEL} once with `agentgym fetch` (it then serves as the default)."
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

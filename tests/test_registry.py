@@ -60,3 +60,12 @@ def test_token_env_rejects_wrapper_kwargs():
             agentgym.make("test/Count-v0", tokenizer=object())
     finally:
         del registry["test/Count-v0"]
+
+
+def test_make_without_a_tokenizer_never_fetches_the_embedded_model(tmp_path, monkeypatch):
+    import agentgym
+
+    monkeypatch.setenv("AGENTGYM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"needs a tokenizer: pass tokenizer=.*`agentgym fetch`"):
+        agentgym.make("agentgym/Addition-v0")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))
