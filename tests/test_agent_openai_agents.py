@@ -93,3 +93,24 @@ def test_trainer_trains_the_agents_sdk_solver_not_the_checker_on_the_engines_sam
             result = ep.info["result"]
             assert result["said"][1] == tok.decode(ep.turns[-1].action_ids, skip_special_tokens=True)
             assert result["logprobs"] == [t.logprobs for t in ep.turns]
+
+
+async def responses_api_agent(task, llm):
+    """An agent on the SDK's default model class, which calls the Responses API."""
+    from agents import set_default_openai_client
+
+    set_default_openai_client(AsyncOpenAI(base_url=llm.base_url, api_key="none", max_retries=0),
+                              use_for_tracing=False)
+    agent = Agent(name="solver", instructions="Answer.", model=llm.model)
+    return (await Runner.run(agent, task, run_config=RunConfig(tracing_disabled=True))).final_output
+
+
+def test_the_responses_api_is_refused_with_the_sdk_setting_to_change(tiny_tokenizer):
+    env = AgentEnv(responses_api_agent, ["hi"], tiny_tokenizer, timeout_s=30)
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs.size == 0 and info["episode_over"] and "NotFoundError" in info["error"]
+        assert "set_default_openai_api('chat_completions')" in info["error"]
+        assert "OpenAIChatCompletionsModel" in info["refused_calls"][0]
+    finally:
+        env.close()
