@@ -1,9 +1,12 @@
-"""Checks shared by the tests that train agents: every batch row is exactly the engine's samples."""
+"""What the tests of agents share: training one and checking that every batch row is exactly the engine's samples,
+and the scripted episode of a solver with a tool and a checker."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+import threading
 from collections import Counter
 
 import numpy as np
@@ -31,15 +34,51 @@ def assert_rows_are_the_episodes(batches) -> None:
                 assert torch.equal(batch["old_logprobs"][row][:n][mask], want)
 
 
+def say(tok, text: str) -> np.ndarray:
+    """The action that replies ``text`` and ends the turn."""
+    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
+
+
+def reward_of(task, result) -> float:
+    """The reward of an agent that returns a dict with a ``"reward"``."""
+    return result["reward"]
+
+
+@contextlib.contextmanager
+def recording(trainer):
+    """While in the block: ``(sampled, batches)``, every ``(prompt, ids, logprobs)`` the trainer's engine generates
+    and every ``(episodes, batch)`` the trainer builds."""
+    import agentgym.trainer as trainer_module
+
+    sampled: list[tuple[list[int], list[int], list[float]]] = []
+    batches: list = []
+    lock = threading.Lock()
+    generate, to_batch = trainer.engine.generate, trainer_module.to_batch
+
+    def recording_generate(prompts, params=None, cache_keys=None):
+        outs = generate(prompts, params, cache_keys=cache_keys)
+        with lock:
+            sampled.extend((list(p), list(o[0].token_ids), list(o[0].logprobs)) for p, o in zip(prompts, outs))
+        return outs
+
+    def capturing_to_batch(episodes, pad_id=0):
+        batch, stats = to_batch(episodes, pad_id=pad_id)
+        batches.append((list(episodes), batch))
+        return batch, stats
+
+    trainer.engine.generate, trainer_module.to_batch = recording_generate, capturing_to_batch
+    try:
+        yield sampled, batches
+    finally:
+        trainer.engine.generate, trainer_module.to_batch = generate, to_batch
+
+
 def train_agent(agent, tasks, *, seed: int = 5, train_agents=None, **env_kwargs):
     """Two GRPO iterations of ``agent`` through AgentEnv with the tiny policy (2 groups of 2 episodes).
 
-    Returns ``(history, batches, sampled, tokenizer)``: ``batches`` as :func:`assert_rows_are_the_episodes` takes
-    them, ``sampled`` every ``(prompt, ids, logprobs)`` the engine generated (the calls of untrained agents too).
+    Returns ``(history, batches, sampled, tokenizer)`` as :func:`recording` gives them (``sampled`` holds the
+    calls of untrained agents too).
     """
-    import threading
-
-    import agentgym.trainer as trainer_module
     from agentgym.agent_env import AgentEnv
     from agentgym.collector import Collector
     from agentgym.tiny import make_tiny_policy
@@ -59,33 +98,34 @@ def train_agent(agent, tasks, *, seed: int = 5, train_agents=None, **env_kwargs)
                          group_size=cfg.group_size)
 
     trainer = Trainer(cfg, model=model, tokenizer=tok, collector=collector)
-    sampled: list[tuple[list[int], list[int], list[float]]] = []
-    lock = threading.Lock()
-    generate = trainer.engine.generate
-
-    def recording_generate(prompts, params=None, cache_keys=None):
-        outs = generate(prompts, params, cache_keys=cache_keys)
-        with lock:
-            sampled.extend((list(p), list(o[0].token_ids), list(o[0].logprobs)) for p, o in zip(prompts, outs))
-        return outs
-
-    trainer.engine.generate = recording_generate
-    batches = []
-    to_batch = trainer_module.to_batch
-
-    def capturing_to_batch(episodes, pad_id=0):
-        batch, stats = to_batch(episodes, pad_id=pad_id)
-        batches.append((list(episodes), batch))
-        return batch, stats
-
-    trainer_module.to_batch = capturing_to_batch
     try:
-        history = trainer.train()
+        with recording(trainer) as (sampled, batches):
+            history = trainer.train()
     finally:
-        trainer_module.to_batch = to_batch
         trainer.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     return history, batches, sampled, tok
+
+
+def play_solver_tool_checker(env, tok) -> dict:
+    """The scripted episode of a solver with an ``add`` tool and a checker after it, for "What is 2 + 3?".
+
+    The solver calls ``add`` (spaced as a model might write it); the framework runs it and asks the solver again
+    in a context that extends the last one, call as sampled, by the tool's result; the solver says "It is 5."; the
+    checker, in a context of its own, is asked about it and says "5". Returns the last step's info.
+    """
+    obs, info = env.reset(seed=0)
+    prompt = tok.decode(obs.tolist())
+    assert info["agent"] == "solver" and "What is 2 + 3?" in prompt and '"name": "add"' in prompt
+    obs, _, term, _, info = env.step(say(tok, '<tool_call>{"name":"add","arguments":{"a":2,"b":3}}</tool_call>'))
+    assert not term and info["agent"] == "solver" and "context_reset" not in info
+    assert tok.decode(obs.tolist()).startswith("\n<|im_start|>tool\n<tool_response>\n5\n</tool_response>")
+    obs, _, term, _, info = env.step(say(tok, "It is 5."))
+    assert not term and info["agent"] == "checker" and info["context_reset"]
+    assert "It is 5." in tok.decode(obs.tolist())
+    _, r, term, _, info = env.step(say(tok, "5"))
+    assert term and r == 1.0
+    return info
 
 
 def assert_trained_on_the_samples(history, batches, sampled) -> tuple[list, list]:

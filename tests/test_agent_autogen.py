@@ -4,7 +4,6 @@ with GRPO, every turn checked against the engine's samples.
 Needs the ``autogen`` extra (part of ``dev``); skipped without it.
 """
 
-import numpy as np
 import pytest
 
 pytest.importorskip("autogen_agentchat")
@@ -16,7 +15,8 @@ from autogen_agentchat.teams import RoundRobinGroupChat  # noqa: E402
 from autogen_ext.models.openai import OpenAIChatCompletionClient  # noqa: E402
 
 from agentgym import AgentEnv  # noqa: E402
-from tests.row_checks import assert_trained_on_the_samples, train_agent  # noqa: E402
+from tests.row_checks import (  # noqa: E402
+    assert_trained_on_the_samples, play_solver_tool_checker, reward_of, train_agent)
 
 
 def add(a: int, b: int) -> int:
@@ -47,32 +47,13 @@ async def autogen_team(task, llm):
     return {"reward": float(str(task["a"] + task["b"]) in said[-1][1]), "said": said}
 
 
-def reward_of(task, result):
-    return result["reward"]
-
-
-def say(tok, text):
-    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
-
-
 def test_autogen_team_calls_its_tool_and_gets_exact_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     env = AgentEnv(autogen_team, [{"a": 2, "b": 3}], tok, reward_fn=reward_of, timeout_s=30)
     try:
-        obs, info = env.reset(seed=0)
-        prompt = tok.decode(obs.tolist())
-        assert info["agent"] == "solver" and "What is 2 + 3?" in prompt and '"name": "add"' in prompt
-        call = say(tok, '<tool_call>{"name":"add","arguments":{"a":2,"b":3}}</tool_call>')  # the model's spacing
-        obs, _, term, _, info = env.step(call)
-        # AutoGen ran add(2, 3) and asked again: the new context is the old one, the call as sampled, the result.
-        assert not term and "context_reset" not in info and info["agent"] == "solver"
-        assert tok.decode(obs.tolist()).startswith("\n<|im_start|>tool\n<tool_response>\n5\n</tool_response>")
-        obs, _, term, _, info = env.step(say(tok, "It is 5."))
-        assert not term and info["agent"] == "checker" and info["context_reset"]  # the checker's own context
-        assert "check the solver's answer" in tok.decode(obs.tolist()) and "It is 5." in tok.decode(obs.tolist())
-        _, r, term, _, info = env.step(say(tok, "5 is right"))  # streamed to the checker
-        assert term and r == 1.0
-        assert info["result"]["said"] == [("user", "What is 2 + 3?"), ("solver", "It is 5."), ("checker", "5 is right")]
+        info = play_solver_tool_checker(env, tok)
+        # AutoGen ran add(2, 3) and asked the solver again with its tools; the checker's reply was streamed.
+        assert info["result"]["said"] == [("user", "What is 2 + 3?"), ("solver", "It is 5."), ("checker", "5")]
     finally:
         env.close()
 

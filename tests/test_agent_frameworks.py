@@ -6,7 +6,6 @@ Needs the ``agents`` extra (part of ``dev``); skipped without it.
 import threading
 from typing import Annotated, TypedDict
 
-import numpy as np
 import pytest
 
 pytest.importorskip("langgraph")
@@ -20,7 +19,7 @@ from langgraph.graph.message import add_messages  # noqa: E402
 from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
 
 from agentgym import AgentEnv  # noqa: E402
-from tests.row_checks import assert_trained_on_the_samples, train_agent  # noqa: E402
+from tests.row_checks import assert_trained_on_the_samples, say, train_agent  # noqa: E402
 
 
 @tool
@@ -69,10 +68,6 @@ def langgraph_agent(task, llm):
     question = HumanMessage(f"What is {task['a']} + {task['b']}?")
     out = graph.compile().invoke({"messages": [question]}, {"recursion_limit": 12})
     return 1.0 if str(task["a"] + task["b"]) in out["messages"][-1].content else 0.0
-
-
-def say(tok, text):
-    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
 
 
 def test_langgraph_agent_runs_tools_and_gets_exact_tokens(tiny_tokenizer):

@@ -4,7 +4,6 @@ after it) as an AgentEnv, trained with GRPO, every turn checked against the engi
 Needs the ``openai-agents`` extra (part of ``dev``); skipped without it.
 """
 
-import numpy as np
 import pytest
 
 pytest.importorskip("agents")
@@ -13,7 +12,7 @@ from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunConfig, 
 from openai import AsyncOpenAI  # noqa: E402
 
 from agentgym import AgentEnv  # noqa: E402
-from tests.row_checks import assert_trained_on_the_samples, train_agent  # noqa: E402
+from tests.row_checks import assert_trained_on_the_samples, reward_of, say, train_agent  # noqa: E402
 
 
 @function_tool
@@ -47,14 +46,6 @@ async def agents_sdk_team(task, llm):
     return {"reward": float(str(task["a"] + task["b"]) in checked.final_output),
             "said": [solved.last_agent.name, solved.final_output, checked.final_output],
             "logprobs": received_logprobs(solved)}
-
-
-def reward_of(task, result):
-    return result["reward"]
-
-
-def say(tok, text):
-    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
 
 
 def test_agents_sdk_hands_off_calls_its_tool_and_gets_exact_tokens(tiny_tokenizer):
