@@ -9,14 +9,37 @@ import agentgym.envs  # noqa: E402,F401  (registers the built-in envs)
 
 __version__ = "0.1.0"
 
+_LAZY = {"AgentEnv": "agentgym.agent_env", "LLM": "agentgym.agent_env", "agent_name": "agentgym.agent_env",
+         "emit_reward": "agentgym.agent_env"}
+"""Names imported on first use (PEP 562), so that ``import agentgym`` stays as fast as before."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'agentgym' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "AgentEnv",
     "ChatTokenEnv",
     "EnvSpec",
+    "LLM",
     "MessageEnv",
     "StepResult",
     "TokenEnv",
     "TokenVectorEnv",
+    "agent_name",
     "as_token_ids",
+    "emit_reward",
     "make",
     "make_vec",
     "register",

@@ -7,7 +7,6 @@ worker processes.
 
 import json
 import os
-import threading
 
 import httpx
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 
 import agentgym
 from agentgym.agent_env import AgentEnv
-from tests.row_checks import assert_rows_are_the_episodes
+from tests.row_checks import assert_rows_are_the_episodes, recording, reward_of, say
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two integers",
           "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
@@ -49,14 +48,6 @@ def bare_agent(task, llm):
         else:
             break
     return {"reward": float(str(task["a"] + task["b"]) in answer), "received": received, "task": task}
-
-
-def reward_of(task, result):
-    return result["reward"]
-
-
-def say(tok, text):
-    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
 
 
 def test_bare_clients_of_parallel_envs_reach_their_own_episodes(tiny_tokenizer):
@@ -251,11 +242,10 @@ def _register_bare_env(name, isolation):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["thread", "process"])
-def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, monkeypatch, isolation):
+def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, isolation):
     """Two GRPO iterations over 4 envs stepped in parallel; every batch row is, token by token, what the engine
     sampled, and each agent received exactly its own episode's samples."""
 
-    import agentgym.trainer as trainer_module
     from agentgym.tiny import make_tiny_policy
     from agentgym.trainer import TrainConfig, Trainer
 
@@ -267,28 +257,9 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, mon
                       progress=False, export=False, micro_batch_size=4)
     try:
         trainer = Trainer(cfg, model=model, tokenizer=tok)
-        sampled: list[tuple[list[int], list[int], list[float]]] = []
-        generate = trainer.engine.generate
-        lock = threading.Lock()
-
-        def recording_generate(prompts, params=None, cache_keys=None):
-            outs = generate(prompts, params, cache_keys=cache_keys)
-            with lock:
-                sampled.extend((list(p), list(o[0].token_ids), list(o[0].logprobs)) for p, o in zip(prompts, outs))
-            return outs
-
-        monkeypatch.setattr(trainer.engine, "generate", recording_generate)
-        batches = []
-        to_batch = trainer_module.to_batch
-
-        def capturing_to_batch(episodes, pad_id=0):
-            batch, stats = to_batch(episodes, pad_id=pad_id)
-            batches.append((list(episodes), batch))
-            return batch, stats
-
-        monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
         try:
-            history = trainer.train()
+            with recording(trainer) as (sampled, batches):
+                history = trainer.train()
         finally:
             trainer.close()
     finally:

@@ -6,7 +6,6 @@ Needs the ``agents`` extra (part of ``dev``); skipped without it.
 import threading
 from typing import Annotated, TypedDict
 
-import numpy as np
 import pytest
 
 pytest.importorskip("langgraph")
@@ -19,8 +18,8 @@ from langgraph.graph import END, START, StateGraph  # noqa: E402
 from langgraph.graph.message import add_messages  # noqa: E402
 from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
 
-from agentgym.agent_env import AgentEnv  # noqa: E402
-from tests.row_checks import assert_rows_are_the_episodes  # noqa: E402
+from agentgym import AgentEnv  # noqa: E402
+from tests.row_checks import assert_trained_on_the_samples, say, train_agent  # noqa: E402
 
 
 @tool
@@ -71,10 +70,6 @@ def langgraph_agent(task, llm):
     return 1.0 if str(task["a"] + task["b"]) in out["messages"][-1].content else 0.0
 
 
-def say(tok, text):
-    return np.array(tok(text, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")])
-
-
 def test_langgraph_agent_runs_tools_and_gets_exact_tokens(tiny_tokenizer):
     tok = tiny_tokenizer
     env = AgentEnv(langgraph_agent, [{"a": 2, "b": 3}], tok, timeout_s=30)
@@ -97,58 +92,13 @@ def test_langgraph_agent_runs_tools_and_gets_exact_tokens(tiny_tokenizer):
 
 
 @pytest.mark.slow
-def test_trainer_trains_a_langgraph_agent_on_the_engines_samples(tmp_path, monkeypatch):
+def test_trainer_trains_a_langgraph_agent_on_the_engines_samples():
     """Two GRPO iterations; every batch row is, token by token, what the engine sampled and the agent received."""
-
-    import agentgym.trainer as trainer_module
-    from agentgym.collector import Collector
-    from agentgym.tiny import make_tiny_policy
-    from agentgym.trainer import TrainConfig, Trainer
-
-    model, tok = make_tiny_policy(seed=5)
     tasks = [{"a": a, "b": b} for a in range(2) for b in range(2)]
-    cfg = TrainConfig(algo="grpo", algo_kwargs={"kl_coef": 0.0}, iterations=2, groups_per_iteration=2, group_size=2,
-                      max_new_tokens=6, lr=1e-3, run_dir=str(tmp_path), wandb=False, progress=False, export=False,
-                      micro_batch_size=4)
-
-    def collector(trainer):
-        return Collector(lambda: AgentEnv(langgraph_agent, tasks, tok, engine=trainer.engine, timeout_s=60),
-                         trainer.engine, trainer.params, num_groups=cfg.groups_per_iteration,
-                         group_size=cfg.group_size)
-
-    trainer = Trainer(cfg, model=model, tokenizer=tok, collector=collector)
-    sampled: list[tuple[list[int], list[int], list[float]]] = []
-    generate = trainer.engine.generate
-
-    def recording_generate(prompts, params=None, cache_keys=None):
-        outs = generate(prompts, params, cache_keys=cache_keys)
-        sampled.extend((list(p), list(o[0].token_ids), list(o[0].logprobs)) for p, o in zip(prompts, outs))
-        return outs
-
-    monkeypatch.setattr(trainer.engine, "generate", recording_generate)
-    batches = []
-    to_batch = trainer_module.to_batch
-
-    def capturing_to_batch(episodes, pad_id=0):
-        batch, stats = to_batch(episodes, pad_id=pad_id)
-        batches.append((list(episodes), batch))
-        return batch, stats
-
-    monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
     RECEIVED.clear()
-    try:
-        history = trainer.train()
-    finally:
-        trainer.close()
-    assert len(history) == 2 and all(np.isfinite(h["reward_mean"]) for h in history)
-    assert history[0]["engine_trainer_logprob_diff_max"] < 1e-4
-
+    history, batches, sampled, tok = train_agent(langgraph_agent, tasks)
+    turns, untrained = assert_trained_on_the_samples(history, batches, sampled)
     # The episodes' turns are exactly the engine's samples, in the contexts it saw (2 turns each: solve, final).
-    turns = [t for episodes, _ in batches for ep in episodes for t in ep.turns]
-    assert len(turns) == len(sampled) == 2 * 2 * cfg.groups_per_iteration * cfg.group_size
-    assert sorted((t.prompt_ids, t.action_ids, t.logprobs) for t in turns) == sorted(sampled)
+    assert len(turns) == len(sampled) == 2 * 2 * 2 * 2 and untrained == []
     # The agents got those very tokens and logprobs in their OpenAI responses.
     assert sorted(RECEIVED) == sorted(([tok.decode([i]) for i in ids], lps) for _, ids, lps in sampled)
-
-    # Each batch row is its episode's tokens; the trained positions are the sampled ids with their logprobs.
-    assert_rows_are_the_episodes(batches)

@@ -194,6 +194,11 @@ def test_bad_requests_get_clear_4xx(server, client):
         client.completions.create(model="tiny", prompt=[[10**7]])
     r = _raw(server, "/completions", json.dumps({"prompt": "x"}).encode())
     assert r.status_code == 400 and "'model' is required" in r.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="output_type"):  # names the frameworks' settings
+        client.chat.completions.create(model="tiny", messages=msgs, response_format={"type": "json_object"})
+    with pytest.raises(openai.NotFoundError, match="OpenAIChatCompletionsModel") as info:
+        client.responses.create(model="tiny", input="hi")
+    assert info.value.body["code"] == "responses_api_not_served"
 
 
 def test_prompt_longer_than_the_context(policy):
@@ -289,6 +294,45 @@ def test_handler_answers_instead_of_the_engine_and_tool_calls_are_parsed(engine,
         # tool_choice="none" leaves the tools out and the reply unparsed.
         r = c.chat.completions.create(model="tiny", messages=messages[:1], tools=[WEATHER_TOOL], tool_choice="none")
         assert r.choices[0].message.tool_calls is None and "<tools>" not in tok.decode(seen[-1][0])
+
+
+def test_a_tool_call_reply_sent_back_unchanged_is_rendered_as_generated(engine, policy):
+    """The next prompt extends the previous prompt and reply token for token, whatever spacing the model gave its
+    call; a reply the client changed is rendered from its parts."""
+    _, tok = policy
+    seen: list[list[int]] = []
+    reply = ' <tool_call>{"arguments":{"city":"Paris"},"name":"get_weather"}</tool_call> then'
+    reply_ids = tok.encode(reply, add_special_tokens=False)
+
+    def handler(prompt_ids, params, info):
+        seen.append(list(prompt_ids))
+        return Completion(token_ids=reply_ids, logprobs=[0.0] * len(reply_ids), finish_reason="stop", text=reply)
+
+    with start_server(create_app(engine, "tiny", handler=handler)) as srv:
+        c = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0)
+        for stream in (False, True):
+            messages = [{"role": "user", "content": "Weather in Paris?"}]
+            if stream:
+                deltas = [ch.delta for chunk in c.chat.completions.create(
+                    model="tiny", messages=messages, tools=[WEATHER_TOOL], stream=True) for ch in chunk.choices]
+                content = "".join(d.content or "" for d in deltas)
+                calls = [{"id": t.id, "type": "function", "function": {"name": t.function.name,
+                          "arguments": t.function.arguments}} for d in deltas for t in d.tool_calls or []]
+            else:
+                msg = c.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL]).choices[0].message
+                content, calls = msg.content, [t.model_dump() for t in msg.tool_calls]
+            assert content == "then" and len(calls) == 1
+            first = seen[-1]
+            messages += [{"role": "assistant", "content": content, "tool_calls": calls},
+                         {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"}]
+            c.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL])
+            assert seen[-1][: len(first) + len(reply_ids)] == first + reply_ids
+
+            edited = {**calls[0], "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+            messages[1] = {"role": "assistant", "content": content, "tool_calls": [edited]}
+            c.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER_TOOL])
+            rendered = tok.decode(seen[-1])
+            assert '{"name": "get_weather", "arguments": {"city": "Rome"}}' in rendered and reply not in rendered
 
 
 def test_parse_tool_calls():

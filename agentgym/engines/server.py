@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server in front of any :class:`~agentgym.engines.Engine`.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming with
-``"stream": true``, as server-sent events). Every response carries the exact token ids, as vLLM does with
+``"stream": true``, as server-sent events); ``POST /v1/responses`` (the Responses API) is answered with a 404 that
+names each agent framework's setting for chat completions. Every response carries the exact token ids, as vLLM does with
 ``return_token_ids``: ``prompt_token_ids`` (top level; per choice too for completions) and ``choices[].token_ids``.
 Logprobs of the sampled tokens come back on request (``logprobs``); they are the engine's
 ``log_softmax(logits / T)``. ``top_logprobs`` lists stay empty: engines report only the sampled token.
@@ -18,7 +19,9 @@ message lists them and asks for Hermes-style calls. The reply is parsed for call
 
 and each becomes an OpenAI ``tool_calls`` entry (``finish_reason`` ``"tool_calls"``); the text around them stays the
 message content. Calls are parsed, not enforced: ``tool_choice`` ``"none"`` leaves the tools out, any other value
-renders them.
+renders them. When a later request sends such a reply back unchanged (the same call ids, names, arguments and
+content), it is rendered as the text the model generated, not re-rendered from its parts: the next prompt then
+extends the previous prompt and reply token for token, whatever spacing the model gave its calls.
 
 Concurrency: requests that reach the engine queue for one worker thread, which batches waiting requests with equal
 sampling parameters into one ``generate`` call (requests with a ``seed`` run alone, so a seed reproduces its
@@ -55,6 +58,7 @@ import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,8 +266,17 @@ def _text_content(content: Any, where: str) -> str:
     raise RequestError(f"{where}: content must be a string or a list of text parts.", param="messages")
 
 
-def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) -> str:
-    """The prompt text for ``messages`` (and ``tools``) through the tokenizer's chat template."""
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict],
+    tools: list[dict] | None,
+    generated: Callable[[dict], str | None] | None = None,
+) -> str:
+    """The prompt text for ``messages`` (and ``tools``) through the tokenizer's chat template.
+
+    ``generated(message)``: the text the model generated for an assistant message with tool calls, when the message
+    is a reply this server gave (see :class:`ToolCallReplies`), or None; such a message is rendered as that text.
+    """
     template = tokenizer.chat_template
     if not template:
         raise RequestError("This model's tokenizer has no chat template: use /v1/completions instead.")
@@ -282,7 +295,10 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
         calls = m.get("tool_calls") or []
         if role == "assistant" and calls:
             _check_tool_calls(calls, f"messages[{i}].tool_calls")
-            if native_calls:
+            original = generated(m) if generated is not None else None
+            if original is not None:
+                out["content"] = original
+            elif native_calls:
                 out["tool_calls"] = calls
             else:
                 blocks = []
@@ -319,6 +335,58 @@ def render_chat(tokenizer: Any, messages: list[dict], tools: list[dict] | None) 
     except (TemplateError, TypeError, ValueError) as exc:
         # Templates check the conversation themselves (roles that alternate, a first system message, ...).
         raise RequestError(f"This model's chat template cannot render these messages: {exc}", param="messages") from exc
+
+
+class ToolCallReplies:
+    """The text the model generated for each recent reply that was parsed into tool calls, by call id.
+
+    Clients send a reply back as its parts (content and ``tool_calls``), which a template cannot render into the
+    model's own text: spacing inside a call, the order of its keys and the text between calls are lost. A reply
+    that comes back unchanged is rendered as the generated text instead. Keeps the latest ``capacity`` replies.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._by_id: OrderedDict[str, tuple[tuple, str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, content: str | None, calls: list[dict], text: str) -> None:
+        """Keep ``text``, the generated reply that the server sent as ``content`` and ``calls``."""
+        key = _calls_key(calls)
+        with self._lock:
+            self._by_id[calls[0]["id"]] = (key, content or "", text)
+            while len(self._by_id) > self.capacity:
+                self._by_id.popitem(last=False)
+
+    def generated(self, message: dict) -> str | None:
+        """The generated text of ``message``, an assistant message with tool calls, if it is a kept reply as sent."""
+        calls = message.get("tool_calls") or []
+        first = calls[0].get("id") if calls and isinstance(calls[0], dict) else None
+        with self._lock:
+            kept = self._by_id.get(first) if isinstance(first, str) else None
+        if kept is None:
+            return None
+        key, content, text = kept
+        try:
+            same = _calls_key(calls) == key and _text_content(message.get("content"), "") == content
+        except (RequestError, TypeError, AttributeError):
+            return None
+        return text if same else None
+
+
+def _calls_key(calls: list[dict]) -> tuple:
+    """What identifies a list of tool calls: each call's id, name and arguments (as JSON values)."""
+    key = []
+    for call in calls:
+        fn = call.get("function") or {}
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                pass
+        key.append((call.get("id"), fn.get("name"), json.dumps(args, sort_keys=True)))
+    return tuple(key)
 
 
 def _check_tool_calls(calls: Any, where: str) -> None:
@@ -379,6 +447,7 @@ class _Server:
         self.worker = EngineWorker(engine) if handler is None else None
         self.created = int(time.time())
         self.special_tokens = _special_tokens(engine.tokenizer)
+        self.replies = ToolCallReplies()
 
     @property
     def tokenizer(self) -> Any:
@@ -398,7 +467,13 @@ class _Server:
         if body.get("echo"):
             raise RequestError("'echo' is not supported by this server.", param="echo")
         if body.get("response_format") not in (None, {"type": "text"}):
-            raise RequestError("Only the text 'response_format' is supported by this server.", param="response_format")
+            raise RequestError(
+                "Only the text 'response_format' is supported by this server: replies are sampled freely, not "
+                "constrained to a JSON schema. Leave out the agent's structured output (AutoGen: "
+                "output_content_type; OpenAI Agents SDK: output_type; CrewAI: output_pydantic / output_json or "
+                "LLM(response_format=...)) and parse the text reply, or have the agent answer through a tool call.",
+                param="response_format",
+            )
         max_len = self.engine.max_model_len
         if max_len is not None and prompt_len >= max_len:
             raise RequestError(
@@ -738,6 +813,18 @@ def create_app(
             }],
         }
 
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> None:
+        state.check_episode(request)
+        raise RequestError(
+            "This server does not serve the Responses API (/v1/responses); it serves /v1/chat/completions and "
+            "/v1/completions. Use the client's chat-completions model: OpenAI Agents SDK: "
+            "OpenAIChatCompletionsModel(model=..., openai_client=AsyncOpenAI(base_url=...)) or "
+            "agents.set_default_openai_api('chat_completions'); CrewAI: LLM(..., api='completions'); AgentScope: "
+            "OpenAIChatModel, not OpenAIResponseModel; LangChain: ChatOpenAI(use_responses_api=False).",
+            status=404, code="responses_api_not_served",
+        )
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         episode = state.check_episode(request)
@@ -821,7 +908,7 @@ def create_app(
             raise RequestError("'tools' must be a list of tool objects.", param="tools")
         if body.get("tool_choice") == "none":
             tools = None
-        text = render_chat(state.tokenizer, messages, tools or None)
+        text = render_chat(state.tokenizer, messages, tools or None, generated=state.replies.generated)
         prompt = state.tokenizer.encode(text, add_special_tokens=False)
         info = RequestInfo("chat.completions", model, body, dict(request.headers), messages=messages,
                            tools=tools or None, cache_key=_cache_key(body), episode=episode)
@@ -836,6 +923,7 @@ def create_app(
             msg: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
             if calls:
                 msg["tool_calls"] = calls
+                state.replies.remember(msg["content"], calls, c.text)
             return msg, "tool_calls" if calls else c.finish_reason
 
         def logprob_entries(c: Completion, strings: list[str]) -> list[dict]:
@@ -993,5 +1081,6 @@ def serve(
 
 __all__ = [
     "EPISODE_PATH", "EngineWorker", "EpisodeCheck", "ErrorHook", "Handler", "RequestError", "RequestInfo",
-    "RunningServer", "create_app", "parse_tool_calls", "render_chat", "serve", "start_server", "tools_system_prompt",
+    "RunningServer", "ToolCallReplies", "create_app", "parse_tool_calls", "render_chat", "serve", "start_server",
+    "tools_system_prompt",
 ]
