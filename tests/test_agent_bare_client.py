@@ -254,7 +254,7 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, iso
     _register_bare_env(name, isolation)
     cfg = TrainConfig(env=name, algo="grpo", algo_kwargs={"kl_coef": 0.0}, iterations=2, groups_per_iteration=2,
                       group_size=2, env_threads=4, max_new_tokens=6, lr=1e-3, run_dir=str(tmp_path), wandb=False,
-                      progress=False, export=False, micro_batch_size=4)
+                      progress=False, export=False, micro_batch_size=4, eval_episodes=0)
     try:
         trainer = Trainer(cfg, model=model, tokenizer=tok)
         try:
