@@ -237,6 +237,19 @@ def test_vllm_greedy_n_stop_tokens_and_stop_strings(vllm_tiny):
 
 
 @needs_vllm
+def test_vllm_seeded_batch_larger_than_one_prefill_step(vllm_tiny):
+    """A rollout-sized call: more prompt tokens than one scheduler step takes, every request seeded."""
+    model, tok, engine = vllm_tiny
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(5, len(tok), (64, 200), generator=g).tolist()
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=4, stop_token_ids=[], seed=7))
+    assert len(out) == 64 and all(len(cs[0].token_ids) == 4 for cs in out)
+    for i in (0, 63):
+        want = _teacher_forced(model, prompts[i], out[i][0].token_ids)
+        assert torch.allclose(torch.tensor(out[i][0].logprobs), want, atol=1e-4, rtol=0)
+
+
+@needs_vllm
 def test_vllm_multi_turn_reuses_the_cached_prefix(vllm_tiny):
     model, tok, engine = vllm_tiny
     g = torch.Generator().manual_seed(0)

@@ -80,14 +80,21 @@ def _check_available() -> None:
         )
 
 
+def _config_value(path: str, key: str) -> Any:
+    """A field of a local model directory's ``config.json`` (of its text model), or None."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    cfg = json.loads(file.read_text())
+    return cfg.get("text_config", cfg).get(key)
+
+
 def _check_head_size(path: str) -> None:
     """On a CPU, refuse a model whose attention head size vLLM's CPU kernels lack, before vLLM starts."""
-    if torch.cuda.is_available() or not (Path(path) / "config.json").is_file():
+    if torch.cuda.is_available():
         return
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
-    heads, hidden = cfg.get("num_attention_heads"), cfg.get("hidden_size")
-    head = cfg.get("head_dim") or (hidden // heads if heads and hidden else None)
+    heads, hidden = _config_value(path, "num_attention_heads"), _config_value(path, "hidden_size")
+    head = _config_value(path, "head_dim") or (hidden // heads if heads and hidden else None)
     if head is not None and head not in CPU_HEAD_SIZES:
         raise VLLMUnavailableError(
             f"vLLM's CPU attention supports head sizes {list(CPU_HEAD_SIZES)}; this model's is {head} ({path}). "
@@ -169,6 +176,12 @@ class VLLMEngine(Engine):
         llm_kwargs.setdefault("enable_prefix_caching", True)
         if torch.cuda.is_available():
             llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # The CPU build fails on a seeded request whose prompt is prefilled in chunks ("CPU Generator does not
+            # use offset"): prefill every prompt whole, in steps of up to a context's tokens.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
+            context = llm_kwargs.get("max_model_len") or _config_value(path, "max_position_embeddings") or 0
+            llm_kwargs.setdefault("max_num_batched_tokens", max(int(context), 8192))
         try:
             self.llm = vllm.LLM(
                 model=path, dtype=dtype, seed=seed, logprobs_mode="processed_logprobs", **llm_kwargs,
