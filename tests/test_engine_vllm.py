@@ -203,6 +203,17 @@ def test_vllm_samples_exact_ids_with_the_trainers_logprobs(vllm_tiny, temperatur
 
 
 @needs_vllm
+def test_vllm_copies_of_a_prompt_sample_independently(vllm_tiny):
+    """A GRPO group is one prompt sent several times in one call, with one seed: the copies must still differ."""
+    model, tok, engine = vllm_tiny
+    prompt = tok.encode("Guess a number:")
+    params = SamplingParams(max_new_tokens=4, stop_token_ids=[], seed=0)
+    out = engine.generate([prompt] * 8, params)
+    assert len({tuple(cs[0].token_ids) for cs in out}) > 4
+    assert [cs[0].token_ids for cs in engine.generate([prompt] * 8, params)] == [cs[0].token_ids for cs in out]
+
+
+@needs_vllm
 def test_vllm_greedy_n_stop_tokens_and_stop_strings(vllm_tiny):
     model, tok, engine = vllm_tiny
     prompt = tok.encode("hello there")

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agentgym.engines.base import Completion, Engine, SamplingParams
@@ -233,10 +234,16 @@ class VLLMEngine(Engine):
         copies = kwargs["n"] if params.greedy else 1
         if copies > 1:
             kwargs["n"] = 1
-        sp = self._vllm.SamplingParams(**kwargs)
         inputs = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts for _ in range(copies)]
         if not inputs:
             return []
+        if params.seed is None:
+            sp: Any = self._vllm.SamplingParams(**kwargs)
+        else:
+            # vLLM seeds each request's generator with its seed: one seed for all would give every copy of a prompt
+            # (a GRPO group) the same sample. Each request gets its own seed, derived from the call's and its index.
+            seeds = np.random.SeedSequence(params.seed).generate_state(len(inputs), dtype=np.uint64) >> np.uint64(1)
+            sp = [self._vllm.SamplingParams(**{**kwargs, "seed": int(s)}) for s in seeds]
         outputs = self.llm.generate(inputs, sp, use_tqdm=False)
         prompt_tokens = sum(len(p["prompt_token_ids"]) for p in inputs)
         cached = sum(int(getattr(o, "num_cached_tokens", 0) or 0) for o in outputs)
