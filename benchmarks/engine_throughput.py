@@ -126,25 +126,15 @@ def main() -> None:
     bench_engine(engine, warm, 4)
     if not args.skip_generate:
         bench_generate(model, warm, 4, pad_id)
-    vllm_engine = None
-    if args.vllm:
-        from agentgym.engines import VLLMEngine
-
-        start = time.perf_counter()
-        vllm_engine = VLLMEngine.from_model(model, tokenizer, seed=0)
-        vllm_start_s = time.perf_counter() - start
-        bench_engine(vllm_engine, warm, 4)
 
     throughput = []
     for batch in args.batch_sizes:
         prompts = _prompts(batch, args.prompt_len, vocab, seed=0)
-        ours, ref, other = [], [], []
+        ours, ref = [], []
         for _ in range(args.repeats):
             if not args.skip_generate:
                 ref.append(bench_generate(model, prompts, args.new_tokens, pad_id))
             ours.append(bench_engine(engine, prompts, args.new_tokens))
-            if vllm_engine is not None:
-                other.append(bench_engine(vllm_engine, prompts, args.new_tokens))
         tokens = batch * args.new_tokens
         best, best_ref = min(ours), min(ref) if ref else None
         row = {"batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
@@ -152,9 +142,6 @@ def main() -> None:
         if best_ref:
             row.update({"generate_s": best_ref[0], "generate_cpu_s": best_ref[1],
                         "generate_tok_s": tokens / best_ref[0], "speedup": best_ref[0] / best[0]})
-        if other:
-            best_vllm = min(other)
-            row.update({"vllm_s": best_vllm[0], "vllm_cpu_s": best_vllm[1], "vllm_tok_s": tokens / best_vllm[0]})
         throughput.append(row)
         print(json.dumps(row), flush=True)
 
@@ -163,8 +150,21 @@ def main() -> None:
         multiturn["reuse" if reuse else "no_reuse"] = bench_multiturn(
             engine, args.turn_batch, args.prompt_len, args.turns, args.turn_tokens, args.obs_tokens, vocab, reuse
         )
-    if vllm_engine is not None:  # vLLM's prefix caching is always on
-        multiturn["vllm"] = bench_multiturn(
+    vllm_engine = None
+    if args.vllm:
+        # Started only now: its idle threads would slow the engine above down, sharing the process.
+        from agentgym.engines import VLLMEngine
+
+        start = time.perf_counter()
+        vllm_engine = VLLMEngine.from_model(model, tokenizer, seed=0)
+        vllm_start_s = time.perf_counter() - start
+        bench_engine(vllm_engine, warm, 4)
+        for row in throughput:
+            prompts = _prompts(row["batch"], args.prompt_len, vocab, seed=0)
+            wall, cpu = min(bench_engine(vllm_engine, prompts, args.new_tokens) for _ in range(args.repeats))
+            row.update({"vllm_s": wall, "vllm_cpu_s": cpu, "vllm_tok_s": row["batch"] * args.new_tokens / wall})
+            print(json.dumps(row), flush=True)
+        multiturn["vllm"] = bench_multiturn(  # vLLM's prefix caching is always on
             vllm_engine, args.turn_batch, args.prompt_len, args.turns, args.turn_tokens, args.obs_tokens, vocab, True
         )
 
