@@ -5,6 +5,22 @@ from __future__ import annotations
 import torch
 
 
+def capture_batches(monkeypatch) -> list:
+    """Record every ``(episodes, batch)`` the trainer builds from here on; returns the list it fills."""
+    from agentgym import trainer as trainer_module
+
+    batches: list = []
+    to_batch = trainer_module.to_batch
+
+    def capturing_to_batch(episodes, pad_id=0):
+        batch, stats = to_batch(episodes, pad_id=pad_id)
+        batches.append((list(episodes), batch))
+        return batch, stats
+
+    monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
+    return batches
+
+
 def assert_rows_are_the_episodes(batches) -> None:
     """Each batch row is its episode's tokens (a merged episode one row, else one row per turn), and the trained
     positions are exactly the sampled ids with their engine logprobs. ``batches``: ``(episodes, batch)`` pairs."""

@@ -16,7 +16,7 @@ import pytest
 
 import agentgym
 from agentgym.agent_env import AgentEnv
-from tests.row_checks import assert_rows_are_the_episodes
+from tests.row_checks import assert_rows_are_the_episodes, capture_batches
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two integers",
           "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
@@ -255,7 +255,6 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, mon
     """Two GRPO iterations over 4 envs stepped in parallel; every batch row is, token by token, what the engine
     sampled, and each agent received exactly its own episode's samples."""
 
-    import agentgym.trainer as trainer_module
     from agentgym.tiny import make_tiny_policy
     from agentgym.trainer import TrainConfig, Trainer
 
@@ -278,15 +277,7 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, mon
             return outs
 
         monkeypatch.setattr(trainer.engine, "generate", recording_generate)
-        batches = []
-        to_batch = trainer_module.to_batch
-
-        def capturing_to_batch(episodes, pad_id=0):
-            batch, stats = to_batch(episodes, pad_id=pad_id)
-            batches.append((list(episodes), batch))
-            return batch, stats
-
-        monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
+        batches = capture_batches(monkeypatch)
         try:
             history = trainer.train()
         finally:

@@ -304,11 +304,9 @@ def test_vllm_behind_the_openai_server(vllm_tiny):
 def test_vllm_trains_and_takes_the_new_weights(tmp_path, monkeypatch):
     """One GRPO step with engine vllm: the rows trained are the ids vLLM sampled, the step-0 ratio is 1, and after
     the step vLLM's logprobs of a fixed completion have moved to the trainer's."""
-    from agentgym import trainer as trainer_module
-    from agentgym.batch import to_batch
     from agentgym.policy import forward
     from agentgym.trainer import TrainConfig, Trainer
-    from tests.row_checks import assert_rows_are_the_episodes
+    from tests.row_checks import assert_rows_are_the_episodes, capture_batches
 
     torch.manual_seed(0)
     model, tok = _tiny_policy()
@@ -326,14 +324,7 @@ def test_vllm_trains_and_takes_the_new_weights(tmp_path, monkeypatch):
     before = _vllm_scores(engine, prompt, fixed.token_ids)
     assert torch.allclose(before, torch.tensor(fixed.logprobs), atol=1e-4, rtol=0)
 
-    batches = []
-
-    def capturing_to_batch(episodes, pad_id=0):
-        batch, stats = to_batch(episodes, pad_id=pad_id)
-        batches.append((list(episodes), batch))
-        return batch, stats
-
-    monkeypatch.setattr(trainer_module, "to_batch", capturing_to_batch)
+    batches = capture_batches(monkeypatch)
     try:
         history = trainer.train()
     finally:
