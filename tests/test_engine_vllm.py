@@ -96,6 +96,8 @@ def stand_in_vllm(monkeypatch):
             return "tokenizer"
 
         def generate(self, inputs, sp, use_tqdm=True):
+            calls["seeds"] = [p.kwargs["seed"] for p in sp] if isinstance(sp, list) else None
+            sp = sp[0] if isinstance(sp, list) else sp  # one per request: the same but for the seed
             calls["generate"] = (inputs, sp.kwargs)
             lp = SimpleNamespace(logprob=-0.25)
             return [SimpleNamespace(outputs=[
@@ -132,6 +134,7 @@ def test_engine_glue_against_a_stand_in(stand_in_vllm, tmp_path):
     inputs, kwargs = stand_in_vllm["generate"]
     assert inputs == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
     assert kwargs["n"] == 2 and kwargs["max_tokens"] == 2 and kwargs["logprobs"] == 0
+    assert len(set(stand_in_vllm["seeds"])) == 2  # each request of a seeded call has its own seed
     assert [[c.token_ids for c in cs] for cs in out] == [[[7, 8]] * 2] * 2
     eng.release("a")  # prefix caching needs no bookkeeping
     eng.load_weights({"w": torch.ones(2)})
