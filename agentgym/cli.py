@@ -61,13 +61,22 @@ def _serve(argv: Sequence[str]) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--served-name", default=None, help="model name clients use (default: --model)")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="inference engine (default: %(default)s; vllm needs a GPU or vLLM's CPU build)")
     args = p.parse_args(argv)
-    from agentgym.engines import TransformersEngine
     from agentgym.engines.server import serve
-    from agentgym.models import load_model
+    from agentgym.models import TINY_MODEL, load_model
 
-    model, tok = load_model(args.model)
-    serve(TransformersEngine(model, tok), host=args.host, port=args.port, model_name=args.served_name or args.model)
+    if args.engine == "vllm" and args.model != TINY_MODEL:
+        from agentgym.engines import VLLMEngine
+
+        engine = VLLMEngine(args.model)  # vLLM reads the directory itself: no second copy of the weights
+    else:
+        from agentgym.engines import TransformersEngine, VLLMEngine
+
+        model, tok = load_model(args.model)
+        engine = VLLMEngine.from_model(model, tok) if args.engine == "vllm" else TransformersEngine(model, tok)
+    serve(engine, host=args.host, port=args.port, model_name=args.served_name or args.model)
     return 0
 
 

@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     usage = ("usage: agentgym train [--config FILE.yaml] [--key value]...\n\n"
              "Run by a wandb sweep agent (WANDB_SWEEP_ID set), the values of wandb.config override these.")
     # The algorithm and its overrides are validated before a model loads.
-    cfg = parse_command(TrainConfig, argv, CLI_ALIASES, usage, validate=lambda c: c.algo_config())
+    cfg = parse_command(TrainConfig, argv, CLI_ALIASES, usage, validate=TrainConfig.check)
     if isinstance(cfg, int):
         return cfg
     trainer = Trainer(cfg)

@@ -127,6 +127,9 @@ class TrainConfig:
     """roll out on N Ray actors, each with its own engine (0: in this process); see docs/scaling.md"""
     trainer_procs: int = 1
     """train with M torch.distributed (DDP) processes; on one machine the others are spawned, or use torchrun"""
+    engine: str = "transformers"
+    """inference engine: transformers (in-process, shares the trained module) | vllm (a GPU, or vLLM's CPU build;
+    weights pushed after each update)"""
 
     def algo_config(self) -> algos.AlgoConfig:
         kwargs = dict(self.algo_kwargs)
@@ -134,6 +137,16 @@ class TrainConfig:
             kwargs.setdefault("group_size", self.group_size)
         return algos.get_algorithm(self.algo, **kwargs)
 
+
+    def check(self) -> None:
+        """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads."""
+        self.algo_config()
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+
+ENGINES = ("transformers", "vllm")
+"""The inference engines ``TrainConfig.engine`` can name."""
 
 CLI_ALIASES = {"env": "env_kwargs", "algo": "algo_kwargs"}
 """``--env.KEY`` and ``--algo.KEY`` are short for ``--env_kwargs.KEY`` and ``--algo_kwargs.KEY``."""
@@ -154,14 +167,36 @@ def _default_run_dir(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{name}-{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def build_engine(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
+    """The engine ``cfg.engine`` names, sampling from the trainer's ``model``.
+
+    ``transformers`` shares the module (no weight copy); ``vllm`` starts vLLM from a saved copy of the module and
+    takes the trainer's weights after each update (:meth:`Trainer.engine_weights_changed`).
+    """
+    cfg.check()
+    if cfg.engine == "transformers":
+        from agentgym.engines import TransformersEngine
+
+        return TransformersEngine(model, tokenizer)
+    if cfg.lora_rank > 0 or cfg.rollout_workers > 0:
+        raise ValueError(
+            "engine vllm trains all weights with in-process rollouts; got lora_rank="
+            f"{cfg.lora_rank}, rollout_workers={cfg.rollout_workers} (use engine transformers for those)"
+        )
+    from agentgym.engines import VLLMEngine
+
+    return VLLMEngine.from_model(model, tokenizer, seed=cfg.seed)
+
+
 class Trainer:
     """Trains a policy on a registered env with a named algorithm.
 
     Args:
         cfg: the run config.
         model, tokenizer: a policy to train instead of loading ``cfg.model`` (tests pass tiny ones).
-        engine: the inference engine; by default a :class:`~agentgym.engines.TransformersEngine` sharing the
-            trained module, so pushing weights costs nothing on one machine.
+        engine: the inference engine; by default the one ``cfg.engine`` names (:func:`build_engine`): a
+            :class:`~agentgym.engines.TransformersEngine` sharing the trained module, so pushing weights costs
+            nothing on one machine, or a :class:`~agentgym.engines.VLLMEngine`.
         collector: anything with ``collect(seed) -> list[Episode]`` (e.g. a
             :class:`~agentgym.multi_agent.MultiAgentCollector` whose trainable policy is ``self.engine``), built
             from the trainer's engine by a callable ``collector(trainer)``; by default a
@@ -172,7 +207,7 @@ class Trainer:
         self, cfg: TrainConfig, model: Any = None, tokenizer: Any = None, engine: Any = None, collector: Any = None
     ):
         import agentgym
-        from agentgym.engines import SamplingParams, TransformersEngine
+        from agentgym.engines import SamplingParams
 
         self.cfg = cfg
         self.algo = cfg.algo_config()
@@ -220,7 +255,7 @@ class Trainer:
         self._checkpointing_on = False  # whether the decoder blocks recompute their activations now
         self._max_micro_tokens = 0  # the largest micro-batch so far, padded (benchmarks/trainer_profile.py reads it)
         self._failed_in_a_row = 0  # iterations in a row in which every episode failed
-        self.engine = engine if engine is not None else TransformersEngine(model, tokenizer)
+        self.engine = engine if engine is not None else build_engine(cfg, model, tokenizer)
         self.params = SamplingParams(
             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
         )

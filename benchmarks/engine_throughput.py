@@ -6,6 +6,8 @@ first use). Prints a table and writes ``benchmarks/results/engine_throughput.jso
 1. Throughput: generated tokens per second for batches of 1, 8 and 32 random 128-token prompts, 128 new tokens
    each (sampling at temperature 1, end-of-sequence ignored so every row generates all its tokens), ours and
    ``model.generate`` side by side in one process, alternating, best of ``--repeats``. The time includes prefill.
+   With ``--vllm``, vLLM's engine (:class:`~agentgym.engines.VLLMEngine`, float32) is timed on the same prompts in
+   the same process (run it where vllm is installed: the venv ``.ci/vllm`` builds has vLLM's CPU build).
 2. Multi-turn: a batch of episodes, each turn generating ``--turn-tokens`` tokens and appending a
    ``--obs-tokens``-token observation; seconds per turn by turn index, with the episode's keys/values kept between
    turns (``cache_keys``) and without (the whole context prefilled every turn).
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from agentgym.engines import SamplingParams, TransformersEngine
+from agentgym.engines import Engine, SamplingParams, TransformersEngine
 from agentgym.models import DEFAULT_MODEL, load_model
 
 
@@ -55,7 +57,7 @@ def bench_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int
     return elapsed, cpu
 
 
-def bench_engine(engine: TransformersEngine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+def bench_engine(engine: Engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
     """Wall and CPU seconds for the engine to sample ``new_tokens`` for every prompt (no stop tokens)."""
     params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, stop_token_ids=[], seed=0)
     cpu = time.process_time()
@@ -67,7 +69,7 @@ def bench_engine(engine: TransformersEngine, prompts: list[list[int]], new_token
 
 
 def bench_multiturn(
-    engine: TransformersEngine, batch: int, prompt_len: int, turns: int, turn_tokens: int, obs_tokens: int,
+    engine: Engine, batch: int, prompt_len: int, turns: int, turn_tokens: int, obs_tokens: int,
     vocab: int, reuse: bool,
 ) -> list[dict]:
     """Per-turn seconds and context lengths of a batch of synthetic episodes."""
@@ -107,6 +109,7 @@ def main() -> None:
     ap.add_argument("--turn-tokens", type=int, default=32)
     ap.add_argument("--obs-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--vllm", action="store_true", help="also time VLLMEngine on the same prompts (needs vllm)")
     ap.add_argument("--out", default="benchmarks/results/engine_throughput.json")
     args = ap.parse_args()
 
@@ -147,6 +150,23 @@ def main() -> None:
         multiturn["reuse" if reuse else "no_reuse"] = bench_multiturn(
             engine, args.turn_batch, args.prompt_len, args.turns, args.turn_tokens, args.obs_tokens, vocab, reuse
         )
+    vllm_engine = None
+    if args.vllm:
+        # Started only now: its idle threads would slow the engine above down, sharing the process.
+        from agentgym.engines import VLLMEngine
+
+        start = time.perf_counter()
+        vllm_engine = VLLMEngine.from_model(model, tokenizer, seed=0)
+        vllm_start_s = time.perf_counter() - start
+        bench_engine(vllm_engine, warm, 4)
+        for row in throughput:
+            prompts = _prompts(row["batch"], args.prompt_len, vocab, seed=0)
+            wall, cpu = min(bench_engine(vllm_engine, prompts, args.new_tokens) for _ in range(args.repeats))
+            row.update({"vllm_s": wall, "vllm_cpu_s": cpu, "vllm_tok_s": row["batch"] * args.new_tokens / wall})
+            print(json.dumps(row), flush=True)
+        multiturn["vllm"] = bench_multiturn(  # vLLM's prefix caching is always on
+            vllm_engine, args.turn_batch, args.prompt_len, args.turns, args.turn_tokens, args.obs_tokens, vocab, True
+        )
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print()
@@ -154,14 +174,16 @@ def main() -> None:
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {load}")
     print()
-    print("| batch | prompt | new | agentgym tok/s | model.generate tok/s | speedup | CPU s (ours / generate) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | prompt | new | agentgym tok/s | model.generate tok/s | speedup | CPU s (ours / generate) "
+          "| vLLM tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in throughput:
         ref = f"{r['generate_tok_s']:.1f}" if "generate_tok_s" in r else "-"
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         cpu = f"{r['agentgym_cpu_s']:.1f} / {r['generate_cpu_s']:.1f}" if "generate_cpu_s" in r else "-"
+        other = f"{r['vllm_tok_s']:.1f}" if "vllm_tok_s" in r else "-"
         print(f"| {r['batch']} | {r['prompt_len']} | {r['new_tokens']} | {r['agentgym_tok_s']:.1f} | {ref} | {speed} "
-              f"| {cpu} |")
+              f"| {cpu} | {other} |")
     print()
     print(f"Multi-turn: {args.turn_batch} episodes, {args.turn_tokens} tokens a turn, {args.obs_tokens}-token "
           "observations; seconds per turn")
@@ -170,6 +192,9 @@ def main() -> None:
     for a, b in zip(multiturn["reuse"], multiturn["no_reuse"]):
         print(f"| {a['turn']} | {a['context_tokens']} | {a['seconds']:.2f} | {a['prefill_tokens']} | "
               f"{b['seconds']:.2f} | {b['prefill_tokens']} |")
+    if "vllm" in multiturn:
+        print("vLLM (prefix caching): " + ", ".join(
+            f"turn {r['turn']} {r['seconds']:.2f} s ({r['prefill_tokens']} prefilled)" for r in multiturn["vllm"]))
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,10 +207,20 @@ def main() -> None:
         "load_average_start": load_start,
         "load_average_end": load,
         "fast_forward": engine.uses_fast_forward,
+        "vllm": _vllm_version() if vllm_engine is not None else None,
+        "vllm_start_s": vllm_start_s if vllm_engine is not None else None,
         "throughput": throughput,
         "multiturn": multiturn,
     }, indent=2))
     print(f"\nwrote {out}")
+
+
+def _vllm_version() -> str:
+    import importlib.metadata
+
+    for name in importlib.metadata.packages_distributions().get("vllm", []):
+        return f"{name} {importlib.metadata.version(name)}"
+    return "?"
 
 
 if __name__ == "__main__":
