@@ -142,7 +142,7 @@ class RunLogger:
                 self.wandb_sent_step = resume_step
                 if previous and logged_step is not None:  # the continued run has all the killed process logged
                     self.wandb_sent_step = max(resume_step, logged_step)
-            _replace_text(id_file, self.wandb_run.id)
+            replace_text(id_file, self.wandb_run.id)
 
     def log(self, metrics: dict[str, Any], step: int, note: str = "") -> None:
         """Append one iteration's metrics (peak memory added when missing) to every sink; ``note`` ends the console
@@ -200,11 +200,12 @@ def trim_jsonl(path: str | Path, last_step: int) -> int | None:
                     continue
             kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        _replace_text(path, "".join(kept))
+        replace_text(path, "".join(kept))
     return highest
 
 
-def _replace_text(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a kill leaves the old file or the new."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(text)

@@ -33,7 +33,7 @@ from agentgym.policy import (
     hidden_size,
     set_activation_checkpointing,
 )
-from agentgym.tracking import RunLogger, clock, combine_metrics
+from agentgym.tracking import RunLogger, clock, combine_metrics, replace_text
 
 
 @dataclass
@@ -137,7 +137,6 @@ class TrainConfig:
             kwargs.setdefault("group_size", self.group_size)
         return algos.get_algorithm(self.algo, **kwargs)
 
-
     def check(self) -> None:
         """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads."""
         self.algo_config()
@@ -154,12 +153,6 @@ CLI_ALIASES = {"env": "env_kwargs", "algo": "algo_kwargs"}
 
 EVAL_FILE = "eval.json"
 """In the run directory: the held-out evaluations before and after training."""
-
-
-def _replace_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def _default_run_dir(cfg: TrainConfig) -> str:
@@ -660,17 +653,16 @@ class Trainer:
         try:
             if evaluates and "before" not in evals:
                 evals["before"] = self._held_out("before training", console)
-                _replace_json(evals_path, evals)
+                replace_text(evals_path, json.dumps(evals, indent=2, default=str))
             with Progress(*columns, console=console, disable=not live, transient=False) as progress:
                 task = progress.add_task(
                     "train", total=self.cfg.iterations, completed=self.iteration, reward="-", success="-"
                 )
-                t_loop, done_here = time.perf_counter(), 0
+                t_loop = time.perf_counter()
                 while self.iteration < self.cfg.iterations:
                     metrics = self.step()
                     history.append(metrics)
-                    done_here += 1
-                    eta = (time.perf_counter() - t_loop) / done_here * (self.cfg.iterations - self.iteration)
+                    eta = (time.perf_counter() - t_loop) / len(history) * (self.cfg.iterations - self.iteration)
                     logger.log(metrics, step=self.iteration, note="" if live else f"eta {clock(eta)}")
                     progress.update(task, advance=1, reward=f"{metrics['reward_mean']:.3f}",
                                     success=f"{metrics.get('success_rate', float('nan')):.3f}")
@@ -681,7 +673,7 @@ class Trainer:
             model_dir = self.export(self.run_dir / "model") if self.cfg.export else None
             if evaluates:
                 evals["after"] = self._held_out(f"after {self.iteration} iterations", console)
-                _replace_json(evals_path, evals)
+                replace_text(evals_path, json.dumps(evals, indent=2, default=str))
             self.report = {
                 "eval_before": evals.get("before"), "eval_after": evals.get("after"),
                 "wall_s": time.perf_counter() - t_start, "run_dir": str(self.run_dir),
