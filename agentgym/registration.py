@@ -144,7 +144,7 @@ def make_vec(id: str, num_envs: int, num_threads: int = 0, **kwargs: Any):
 def _cached_default_tokenizer(env_id: str) -> Any:
     """The embedded model's tokenizer when it is in the cache; ``make`` never fetches it (no network as a side
     effect of building an env)."""
-    from agentgym.models import DEFAULT_MODEL, cached_default_model_dir
+    from agentgym.models import DEFAULT_MODEL, cached_default_model_dir, load_tokenizer
 
     path = cached_default_model_dir(tokenizer_only=True)
     if path is None:
@@ -152,6 +152,4 @@ def _cached_default_tokenizer(env_id: str) -> Any:
             f"make({env_id!r}) needs a tokenizer: pass tokenizer=... (e.g. agentgym.models.load_tokenizer(PATH)), or "
             f"fetch the embedded {DEFAULT_MODEL} once with `agentgym fetch` (it then serves as the default)."
         )
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
+    return load_tokenizer(path)
