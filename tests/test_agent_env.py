@@ -164,7 +164,7 @@ def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy, isolation):
     try:
         cfg = TrainConfig(env="test/ToolAgent-v0", algo="grpo", algo_kwargs={"kl_coef": 0.0}, iterations=2,
                           groups_per_iteration=2, group_size=2, max_new_tokens=6, lr=1e-3, run_dir=str(tmp_path),
-                          wandb=False, progress=False, export=False, micro_batch_size=4)
+                          wandb=False, progress=False, export=False, micro_batch_size=4, eval_episodes=0)
         trainer = Trainer(cfg, model=model, tokenizer=tok)
         episodes = trainer.collect()
         batch, _ = to_batch(episodes)
