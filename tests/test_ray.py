@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_cli_trains_with_ray_workers_and_two_trainer_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "done: 2 iterations" in out.stdout
+    assert re.search(r"^done in \d+:\d\d: 2 iterations", out.stdout, re.M), out.stdout
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and '"rollout_workers": 2.0' in metrics[-1]
 
