@@ -66,7 +66,11 @@ def test_trainer_trains_only_the_crewai_solver_on_the_engines_samples():
     history, batches, sampled, tok = train_agent(crewai_crew, tasks, reward_fn=reward_of, train_agents={"solver"})
     turns, untrained = assert_trained_on_the_samples(history, batches, sampled)
     assert turns and all("You add numbers" in tok.decode(t.prompt_ids) for t in turns)
-    assert len(untrained) == 8 and all("You repeat the number" in tok.decode(p) for p, _, _ in untrained)
+    assert all("You repeat the number" in tok.decode(p) for p, _, _ in untrained)
+    # One checker call per episode (8), plus one more for each empty reply: CrewAI refuses an empty reply and asks
+    # again (docs/agents.md), and that second call is the engine's too.
+    empty = sum(not tok.decode(a, skip_special_tokens=True).strip() for _, a, _ in untrained)
+    assert len(untrained) == 8 + empty
     for episodes, _ in batches:
         for ep in episodes:
             assert ep.info["result"]["said"][0] == tok.decode(ep.turns[-1].action_ids, skip_special_tokens=True)
