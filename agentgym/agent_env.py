@@ -25,7 +25,6 @@ Agent names: a call is tagged by the ``model`` it asks for (``llm.model_for("cri
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
 import queue
@@ -36,40 +35,16 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from agentgym.agent_context import _current_agent, _current_episode, agent_name, emit_reward  # noqa: F401 (public here)
 from agentgym.agent_process import AgentProcess, call_agent
 from agentgym.core import TokenEnv
 
 AGENT_HEADER = "X-Agent-Name"
 EPISODE_HEADER = "X-Agentgym-Episode"
-_current_agent: contextvars.ContextVar[str | None] = contextvars.ContextVar("agentgym_agent", default=None)
-_current_episode: contextvars.ContextVar["_Episode | None"] = contextvars.ContextVar("agentgym_episode", default=None)
-
-
-@contextlib.contextmanager
-def agent_name(name: str) -> Iterator[None]:
-    """Tag the LLM calls made inside this block (through :meth:`LLM.client`) as agent ``name``."""
-    token = _current_agent.set(name)
-    try:
-        yield
-    finally:
-        _current_agent.reset(token)
-
-
-def emit_reward(value: float) -> None:
-    """Give the running episode a reward now; it is attributed to the latest completed trained turn.
-
-    Call it from the agent (its thread or task, or code they call). Outside an episode it raises RuntimeError.
-    """
-    ep = _current_episode.get()
-    if ep is None:
-        raise RuntimeError("emit_reward() called outside an AgentEnv episode (call it from the agent's code)")
-    ep.emit(float(value))
-
-
 @dataclass
 class LLM:
     """What an agent needs to reach the policy: an OpenAI-compatible base URL and a model name.

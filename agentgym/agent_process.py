@@ -32,6 +32,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+from agentgym.agent_context import _current_episode
+
 START_METHODS = ("spawn", "forkserver", "fork")
 _START_LOCK = threading.Lock()
 
@@ -78,8 +80,6 @@ def _orphan_watch(trainer_pid: int) -> None:
 def _worker_main(conn: Any, agent: Callable[..., Any], trainer_pid: int) -> None:
     """The worker process: run one episode per ``("run", id, task, llm, environ)`` message (``environ``: variables
     to set first, or None) until ``("close",)`` or EOF."""
-    from agentgym.agent_env import _current_episode
-
     if hasattr(os, "setsid"):
         os.setsid()  # a process group of its own: a kill also takes the tools the agent started (subprocesses)
     threading.Thread(target=_orphan_watch, args=(trainer_pid,), daemon=True).start()

@@ -72,10 +72,10 @@ def _serve(argv: Sequence[str]) -> int:
 
         engine = VLLMEngine(args.model)  # vLLM reads the directory itself: no second copy of the weights
     else:
-        from agentgym.engines import TransformersEngine, VLLMEngine
+        from agentgym import engines
 
         model, tok = load_model(args.model)
-        engine = VLLMEngine.from_model(model, tok) if args.engine == "vllm" else TransformersEngine(model, tok)
+        engine = engines.engine_by_name(args.engine, model, tok)
     serve(engine, host=args.host, port=args.port, model_name=args.served_name or args.model)
     return 0
 

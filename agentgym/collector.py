@@ -141,3 +141,19 @@ def _task_info(reset_info: dict) -> dict:
     by the context limit still says which task it was. Text views and turn counters are left out."""
     skip = ("text", "messages", "turn", "context_tokens")
     return {k: v for k, v in reset_info.items() if k not in skip and isinstance(v, (str, int, float, bool))}
+
+
+def context_limit(max_context_tokens: int, engine: Any) -> int:
+    """The longest context an episode may reach: ``max_context_tokens``, or less where the engine's model is
+    shorter (the env truncates before the engine would refuse the context)."""
+    return min(max_context_tokens, getattr(engine, "max_model_len", None) or max_context_tokens)
+
+
+def env_factory(env: str, env_kwargs: dict[str, Any], tokenizer: Any, engine: Any,
+                max_context_tokens: int) -> Callable[[], TokenEnv]:
+    """Builds one env of a run: registered id ``env`` with ``env_kwargs``, truncating at ``max_context_tokens``;
+    envs that declare an ``engine`` keyword get the run's engine."""
+    from agentgym.registration import make
+
+    kwargs = dict(env_kwargs)
+    return lambda: make(env, tokenizer=tokenizer, max_context_tokens=max_context_tokens, engine=engine, **kwargs)

@@ -24,7 +24,6 @@ Backends: ``gloo`` when the policy is on the CPU, ``nccl`` when it is on a GPU. 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import math
 import os
@@ -35,7 +34,6 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -73,48 +71,6 @@ def is_main_process() -> bool:
 def wanted(cfg: Any) -> bool:
     """Whether a run with ``cfg`` trains with several processes (``cfg.trainer_procs`` > 1, or under torchrun)."""
     return int(getattr(cfg, "trainer_procs", 1)) > 1 or launched()
-
-
-# -- rebuilding the policy in another process ----------------------------------------------------------------------
-@dataclass
-class PolicySpec:
-    """What another process needs to rebuild the policy: its transformers config, tokenizer, dtype and weights.
-
-    The config and tokenizer are small and picklable; ``state_dict`` is optional (Ray workers get their weights
-    through the object store instead).
-    """
-
-    config: Any
-    tokenizer: Any
-    dtype: torch.dtype = torch.float32
-    state_dict: dict[str, torch.Tensor] | None = None
-
-    def build(self) -> tuple[nn.Module, Any]:
-        """A fresh causal LM of the same architecture (with ``state_dict`` loaded when present), in eval mode."""
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(self.config).to(self.dtype)
-        if self.state_dict is not None:
-            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
-            missing = [k for k in missing if k not in _tied_keys(model)]
-            if missing or unexpected:
-                raise KeyError(f"the weights do not fit the architecture: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
-        return model.eval(), self.tokenizer
-
-
-def _tied_keys(model: nn.Module) -> set[str]:
-    out = model.get_output_embeddings()
-    if out is not None and out.weight is model.get_input_embeddings().weight:
-        return {n for n, p in model.named_parameters(remove_duplicate=False) if p is out.weight}
-    return set()
-
-
-def policy_spec(model: nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None) -> PolicySpec:
-    """The :class:`PolicySpec` of a transformers causal LM (a peft model contributes its base model's config)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dtype = next(base.parameters()).dtype
-    return PolicySpec(base.config, tokenizer, dtype, state_dict)
 
 
 # -- the process group ---------------------------------------------------------------------------------------------
@@ -378,7 +334,7 @@ class DataParallel:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized: use agentgym.distributed.setup(trainer) or "
+            raise RuntimeError("torch.distributed is not initialized: use agentgym.distributed.setup(model) or "
                                "start the processes with torchrun and call dist.init_process_group first")
         self.group = group
         self.rank = dist.get_rank(group)
@@ -465,14 +421,6 @@ class DataParallel:
         dist.all_gather_object(gathered, metrics, group=self.group)
         return combine_metrics([m for m in gathered if m])
 
-    # -- the loop of ranks > 0 --------------------------------------------------------------------------------------
-    def follow(self, trainer: Any) -> list[dict[str, float]]:
-        """Run the trainer's iterations in lockstep with rank 0, without logging or writing files."""
-        trainer.cfg = dataclasses.replace(trainer.cfg, save_episodes=0)
-        while trainer.iteration < trainer.cfg.iterations:
-            trainer.step()
-        return []
-
     def close(self) -> None:
         """Wait for the ranks this process started, then leave the process group (when this wrapper joined it).
 
@@ -493,56 +441,59 @@ class DataParallel:
             raise RuntimeError(f"trainer processes exited with codes {codes} (see their output above)")
 
 
-# -- the Trainer's entry point --------------------------------------------------------------------------------------
-def setup(trainer: Any, strategy: str = "ddp") -> DataParallel:
-    """Join (or create) the process group of a run with several trainer processes and wrap the trainer's policy.
+# -- joining a run --------------------------------------------------------------------------------------------------
+def setup(model: nn.Module, value_head: nn.Module | None = None, *, world_size: int = 1, tokenizer: Any = None,
+          state_dict: dict[str, torch.Tensor] | None = None, entry: Callable[..., None] | None = None,
+          entry_args: tuple = (), strategy: str = "ddp") -> DataParallel:
+    """Join (or create) the process group of a run with several trainer processes and wrap ``model``.
 
-    Under ``torchrun`` every process calls this from its :class:`~agentgym.trainer.Trainer`. Otherwise the calling
-    process becomes rank 0 and starts ``cfg.trainer_procs - 1`` more on this machine, each building the same
-    Trainer from the same config and the rank-0 policy's architecture and weights.
+    Under ``torchrun`` every process calls this with its own policy. Otherwise the calling process becomes rank 0
+    and starts ``world_size - 1`` more on this machine; each rebuilds ``model``'s architecture with ``tokenizer``
+    and ``state_dict`` (:class:`~agentgym.policy.PolicySpec`), joins the group and runs
+    ``entry(model, tokenizer, *entry_args)`` (a module-level function: it is pickled), which must call ``setup``
+    again, with the group now joined. The :class:`~agentgym.trainer.Trainer` passes a function that builds the same
+    Trainer and follows rank 0's iterations.
     """
     if strategy != "ddp":
         raise NotImplementedError(
             "the Trainer runs DDP; FSDP is available to custom loops through agentgym.distributed.DataParallel "
             "(checkpoints and weight pushes of sharded parameters are not wired into the Trainer)")
-    cfg = trainer.cfg
-    device = next(trainer.model.parameters()).device
+    device = next(model.parameters()).device
     backend = backend_for(device)
     children = None
     owns = False
     if not dist.is_initialized():
         if launched():
             world = int(os.environ["WORLD_SIZE"])
-            if cfg.trainer_procs not in (1, world):
-                raise ValueError(f"--trainer_procs {cfg.trainer_procs} but torchrun started {world} processes")
+            if world_size not in (1, world):
+                raise ValueError(f"--trainer_procs {world_size} but torchrun started {world} processes")
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend, init_method="env://", timeout=_timeout())
         else:
-            world = int(cfg.trainer_procs)
-            state = {k: v.detach().clone() for k, v in trainer._policy_state_dict().items()}
-            spec = policy_spec(trainer.model, trainer.tokenizer, state)
-            children = _start_children(world, _child_main, (backend, cfg, spec), backend)
+            if entry is None or tokenizer is None or state_dict is None:
+                raise ValueError("starting trainer processes needs the tokenizer, the weights and an entry function")
+            from agentgym.policy import policy_spec
+
+            spec = policy_spec(model, tokenizer, state_dict)
+            children = _start_children(int(world_size), _child_main, (backend, spec, entry, entry_args), backend)
         owns = True
-    parallel = DataParallel(trainer.model, trainer.value_head, strategy)
+    parallel = DataParallel(model, value_head, strategy)
     parallel._children, parallel._owns_group = children, owns
     return parallel
 
 
-def _child_main(rank: int, world_size: int, path: str, backend: str, cfg: Any, spec: PolicySpec) -> None:
-    """Rank ``rank`` of a run started by :func:`setup`: the same Trainer, following rank 0."""
-    from agentgym.trainer import Trainer
-
+def _child_main(rank: int, world_size: int, path: str, backend: str, spec: Any, entry: Callable[..., None],
+                entry_args: tuple) -> None:
+    """Rank ``rank`` of a run started by :func:`setup`: rebuild the policy, join the group, run ``entry``."""
     code = 0
     try:
         _set_threads(world_size)
         model, tokenizer = spec.build()
         _join_as_child(rank, world_size, path, backend)
-        trainer = Trainer(cfg, model, tokenizer)
         try:
-            trainer.train()
+            entry(model, tokenizer, *entry_args)
         finally:
-            trainer.close()
             dist.destroy_process_group()
     except BaseException:
         traceback.print_exc()

@@ -14,7 +14,7 @@ plus ``load_weights(state_dict)``, so the trainer uses it unchanged (``--rollout
 * **faults**: a worker that dies is replaced by a new actor (with the current weights) and its unfinished tasks
   are requeued; results are keyed by task id, so a task is counted once even if it were delivered twice.
 
-Workers rebuild the policy from its transformers config and tokenizer (:class:`~agentgym.distributed.PolicySpec`)
+Workers rebuild the policy from its transformers config and tokenizer (:class:`~agentgym.policy.PolicySpec`)
 and get the weights through the object store, so they need no access to the trainer's model files.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from agentgym.batch import Episode
-from agentgym.distributed import PolicySpec, policy_spec
+from agentgym.policy import PolicySpec
 
 
 @dataclass(frozen=True)
@@ -80,41 +80,35 @@ class WorkerConfig:
     """torch threads of the worker's engine"""
     env_threads: int = 0
     """step the worker's envs in a thread pool of this size"""
+    engine: str = "transformers"
+    """the engine's registered name (:func:`agentgym.engines.register_engine`; registered in the worker process)"""
     engine_fn: Callable[[Any, Any], Any] | None = None
-    """builds the engine from (model, tokenizer); default :class:`~agentgym.engines.TransformersEngine`"""
+    """builds the engine from (model, tokenizer) instead of ``engine``"""
 
 
 class RolloutWorker:
     """One rollout process (a Ray actor): an engine and the envs of its tasks, rolling out one task at a time."""
 
     def __init__(self, config: WorkerConfig, weights: dict[str, torch.Tensor] | None = None, version: int = 0):
-        import agentgym
-        from agentgym.collector import Collector
+        from agentgym import engines
+        from agentgym.collector import Collector, context_limit, env_factory
 
         torch.set_num_threads(max(1, config.threads))
         model, tokenizer = config.policy.build()
         if config.engine_fn is not None:
             self.engine = config.engine_fn(model, tokenizer)
         else:
-            from agentgym.engines import TransformersEngine
-
-            self.engine = TransformersEngine(model, tokenizer)
+            self.engine = engines.engine_by_name(config.engine, model, tokenizer)
         self.version = -1
         if weights is not None:
             self.load_weights(weights, version)
         else:
             self.version = version
-        env_kwargs = dict(config.env_kwargs)
         # As in the trainer: episodes stop short of the engine's context limit; envs that declare ``engine`` get it.
-        max_context = min(config.max_context_tokens,
-                          getattr(self.engine, "max_model_len", None) or config.max_context_tokens)
+        make_env = env_factory(config.env, config.env_kwargs, tokenizer, self.engine,
+                                     context_limit(config.max_context_tokens, self.engine))
         self._make_collector = lambda num_groups: Collector(
-            lambda: agentgym.make(config.env, tokenizer=tokenizer, max_context_tokens=max_context,
-                                  engine=self.engine, **env_kwargs),
-            self.engine,
-            self.params,
-            num_groups=num_groups,
-            group_size=config.group_size,
+            make_env, self.engine, self.params, num_groups=num_groups, group_size=config.group_size,
             num_threads=config.env_threads,
         )
         self.params = config.params
@@ -206,7 +200,6 @@ class RayCollector:
         if num_workers < 1 or num_groups < 1:
             raise ValueError(f"num_workers and num_groups must be >= 1, got {num_workers} and {num_groups}")
         self._owns_ray = False
-        self._venv: Any = None
         self.slots: list[_Slot] = []
         if not ray.is_initialized():
             address = ray_address or os.environ.get("RAY_ADDRESS") or None
@@ -249,39 +242,10 @@ class RayCollector:
         self.last_stats: dict[str, float] = {}
         """counts of the latest collection (merged into the trainer's metrics)"""
 
-    # -- construction ---------------------------------------------------------------------------------------------
-    @classmethod
-    def from_trainer(cls, trainer: Any) -> RayCollector:
-        """The collector of a :class:`~agentgym.trainer.Trainer` with ``cfg.rollout_workers`` > 0: the trainer's
-        env, sampling parameters and groups, and its current weights."""
-        cfg = trainer.cfg
-        config = WorkerConfig(
-            env=cfg.env,
-            policy=policy_spec(trainer.model, trainer.tokenizer),
-            params=trainer.params,
-            group_size=trainer.algo.group_size,
-            env_kwargs=dict(cfg.env_kwargs),
-            max_context_tokens=cfg.max_context_tokens,
-            env_threads=cfg.env_threads,
-        )
-        return cls(config, cfg.rollout_workers, cfg.groups_per_iteration, weights=trainer._policy_state_dict())
-
     def _new_actor(self) -> Any:
         if self._weights is None:
             return self._actor_cls.remote(self.config, None, self.version)
         return self._actor_cls.remote(self.config, self._weights, self.version)
-
-    @property
-    def venv(self) -> Any:
-        """One local instance of the workers' env, as a vector env (for its spaces and limits; never stepped)."""
-        if self._venv is None:
-            import agentgym
-            from agentgym.vector import TokenVectorEnv
-
-            c = self.config
-            self._venv = TokenVectorEnv([lambda: agentgym.make(
-                c.env, tokenizer=c.policy.tokenizer, max_context_tokens=c.max_context_tokens, **c.env_kwargs)])
-        return self._venv
 
     @property
     def workers(self) -> list[Any]:
@@ -452,9 +416,6 @@ class RayCollector:
         """Stop the workers (and the Ray cluster, when this collector started it)."""
         import ray
 
-        if self._venv is not None:
-            self._venv.close()
-            self._venv = None
         if not ray.is_initialized():
             return
         for slot in self.slots:

@@ -89,6 +89,20 @@ def _named_params(factory: Callable[..., Any]) -> set[str]:
     return {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def declared(id: str, name: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """The value keyword ``name`` takes in ``make(id, **kwargs)``, read without building the env: ``kwargs``'s,
+    else the spec's default, else the factory's signature default (None where none is declared)."""
+    env_spec = spec(id)
+    for source in (kwargs or {}, env_spec.kwargs):
+        if name in source:
+            return source[name]
+    try:
+        param = inspect.signature(_load(env_spec.entry_point)).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is param.empty else param.default
+
+
 def make(id: str, **kwargs: Any) -> TokenEnv:
     """Build the environment registered as ``id``, as a :class:`~agentgym.core.TokenEnv`.
 

@@ -21,18 +21,12 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from agentgym import algos, distributed
+from agentgym import algos, build, distributed
 from agentgym.allocator import keep_freed_memory, return_freed_memory
 from agentgym.batch import Episode, episode_record, length_buckets, scalar_info, to_batch, trim
 from agentgym.checkpoint import load_checkpoint, save_checkpoint
-from agentgym.collector import Collector
-from agentgym.policy import (
-    ValueHead,
-    activation_bytes_per_token,
-    forward,
-    hidden_size,
-    set_activation_checkpointing,
-)
+from agentgym.engines import engine_names
+from agentgym.policy import activation_bytes_per_token, forward, set_activation_checkpointing
 from agentgym.tracking import RunLogger, clock, combine_metrics, replace_text
 
 
@@ -129,7 +123,7 @@ class TrainConfig:
     """train with M torch.distributed (DDP) processes; on one machine the others are spawned, or use torchrun"""
     engine: str = "transformers"
     """inference engine: transformers (in-process, shares the trained module) | vllm (a GPU, or vLLM's CPU build;
-    weights pushed after each update)"""
+    weights pushed after each update) | a name registered with agentgym.engines.register_engine"""
 
     def algo_config(self) -> algos.AlgoConfig:
         kwargs = dict(self.algo_kwargs)
@@ -140,12 +134,9 @@ class TrainConfig:
     def check(self) -> None:
         """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads."""
         self.algo_config()
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-
-
-ENGINES = ("transformers", "vllm")
-"""The inference engines ``TrainConfig.engine`` can name."""
+        if self.engine not in engine_names():
+            raise ValueError(f"engine must be one of {', '.join(engine_names())}, got {self.engine!r} "
+                             "(agentgym.engines.register_engine adds one)")
 
 CLI_ALIASES = {"env": "env_kwargs", "algo": "algo_kwargs"}
 """``--env.KEY`` and ``--algo.KEY`` are short for ``--env_kwargs.KEY`` and ``--algo_kwargs.KEY``."""
@@ -160,34 +151,13 @@ def _default_run_dir(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{name}-{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def build_engine(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
-    """The engine ``cfg.engine`` names, sampling from the trainer's ``model``.
-
-    ``transformers`` shares the module (no weight copy); ``vllm`` starts vLLM from a saved copy of the module and
-    takes the trainer's weights after each update (:meth:`Trainer.engine_weights_changed`).
-    """
-    cfg.check()
-    if cfg.engine == "transformers":
-        from agentgym.engines import TransformersEngine
-
-        return TransformersEngine(model, tokenizer)
-    if cfg.lora_rank > 0 or cfg.rollout_workers > 0:
-        raise ValueError(
-            "engine vllm trains all weights with in-process rollouts; got lora_rank="
-            f"{cfg.lora_rank}, rollout_workers={cfg.rollout_workers} (use engine transformers for those)"
-        )
-    from agentgym.engines import VLLMEngine
-
-    return VLLMEngine.from_model(model, tokenizer, seed=cfg.seed)
-
-
 class Trainer:
     """Trains a policy on a registered env with a named algorithm.
 
     Args:
         cfg: the run config.
         model, tokenizer: a policy to train instead of loading ``cfg.model`` (tests pass tiny ones).
-        engine: the inference engine; by default the one ``cfg.engine`` names (:func:`build_engine`): a
+        engine: the inference engine; by default the one ``cfg.engine`` names (:func:`agentgym.build.engine`): a
             :class:`~agentgym.engines.TransformersEngine` sharing the trained module, so pushing weights costs
             nothing on one machine, or a :class:`~agentgym.engines.VLLMEngine`.
         collector: anything with ``collect(seed) -> list[Episode]`` (e.g. a
@@ -199,85 +169,33 @@ class Trainer:
     def __init__(
         self, cfg: TrainConfig, model: Any = None, tokenizer: Any = None, engine: Any = None, collector: Any = None
     ):
-        import agentgym
-        from agentgym.engines import SamplingParams
-
         self.cfg = cfg
         self.algo = cfg.algo_config()
-        keep_freed_memory()  # a step reuses the last step's memory instead of faulting it in again
-        torch.manual_seed(cfg.seed)
-        if model is None:
-            from agentgym.models import load_model
-
-            model, tokenizer = load_model(cfg.model)
-        if tokenizer is None:
-            raise ValueError("pass the tokenizer together with the model")
-        model.eval()  # no dropout: the engine and the trainer must compute the same distribution
-        if cfg.lora_adapters:
-            if cfg.lora_rank <= 0 or cfg.trainer_procs > 1 or cfg.rollout_workers > 0:
-                raise ValueError(
-                    "lora_adapters needs lora_rank > 0, one trainer process and in-process rollouts (its adapters "
-                    f"share the engine); got lora_rank={cfg.lora_rank}, trainer_procs={cfg.trainer_procs}, "
-                    f"rollout_workers={cfg.rollout_workers}"
-                )
-            from agentgym.adapters import add_adapters
-
-            model = add_adapters(model, cfg.lora_adapters, cfg.lora_rank, cfg.lora_alpha)
-        elif cfg.lora_rank > 0:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(
-                model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
-            )
-        self.model, self.tokenizer = model, tokenizer
-        self.value_head = ValueHead(hidden_size(model)) if self.algo.needs_values else None
-        self.ref_model = None
-        if self.algo.needs_ref_logprobs and cfg.lora_rank == 0:
-            import copy
-
-            self.ref_model = copy.deepcopy(model).requires_grad_(False)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-        if self.value_head is not None:
-            groups.append({"params": list(self.value_head.parameters()), "lr": cfg.value_lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **_adamw_kwargs(model))
         if cfg.activation_checkpointing not in ("auto", "on", "off"):
             raise ValueError(f"activation_checkpointing must be auto, on or off, got {cfg.activation_checkpointing!r}")
-        self._act_bytes = activation_bytes_per_token(model)
+        keep_freed_memory()  # a step reuses the last step's memory instead of faulting it in again
+        torch.manual_seed(cfg.seed)
+        self.model, self.tokenizer = build.policy(cfg, model, tokenizer)
+        self.value_head = build.value_head(self.algo, self.model)
+        self.ref_model = build.reference(cfg, self.algo, self.model)
+        self.optimizer = build.optimizer(cfg, self.model, self.value_head)
+        self._act_bytes = activation_bytes_per_token(self.model)
         budget = cfg.activation_memory_mb * 2**20
         self._micro_tokens = int(budget // self._act_bytes) if budget and self._act_bytes else 0
         self._checkpointing_on = False  # whether the decoder blocks recompute their activations now
         self._max_micro_tokens = 0  # the largest micro-batch so far, padded (benchmarks/trainer_profile.py reads it)
         self._failed_in_a_row = 0  # iterations in a row in which every episode failed
-        self.engine = engine if engine is not None else build_engine(cfg, model, tokenizer)
-        self.params = SamplingParams(
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens
-        )
-        env_kwargs = dict(cfg.env_kwargs)
-        # An episode may not outgrow the model: the env truncates before the engine would refuse the context.
-        max_context = min(cfg.max_context_tokens, getattr(self.engine, "max_model_len", None) or cfg.max_context_tokens)
-        self._max_context = max_context
+        self.engine = engine if engine is not None else build.engine(cfg, self.model, self.tokenizer)
+        self.params = build.sampling_params(cfg)
+        self._max_context = build.context_limit(cfg.max_context_tokens, self.engine)
         # Held-out evaluation plays cfg.env itself: only when the episodes come from cfg.env as the trainer builds it.
         self._own_collector = collector is None
-        if collector is None and cfg.rollout_workers > 0 and distributed.is_main_process():
-            from agentgym.ray_rollout import RayCollector
-
-            collector = RayCollector.from_trainer
-        self.collector = collector(self) if collector is not None else Collector(
-            lambda: agentgym.make(
-                cfg.env, tokenizer=tokenizer, max_context_tokens=max_context, engine=self.engine,
-                **env_kwargs,
-            ),
-            self.engine,
-            self.params,
-            num_groups=cfg.groups_per_iteration,
-            group_size=self.algo.group_size,
-            num_threads=cfg.env_threads,
-        )
-        if self.algo.max_tokens is None:
-            # The policy-token budget of an episode (Dr. GRPO's normalizer, DAPO's overlong limit).
-            envs = getattr(getattr(self.collector, "venv", None), "envs", None) or [None]
-            turns = getattr(getattr(envs[0], "env", None), "max_turns", None) or 1
-            self.algo = dataclasses.replace(self.algo, max_tokens=cfg.max_new_tokens * int(turns))
+        if collector is not None:
+            self.collector = collector(self)
+        else:
+            self.collector = build.collector(cfg, self.algo, self.engine, self.params, self.tokenizer,
+                                             self._max_context, model=self.model, weights=self._policy_state_dict)
+        self.algo = build.episode_tokens(cfg, self.algo, None if self._own_collector else self.collector)
         self.iteration = 0
         self.run_dir = Path(cfg.run_dir or _default_run_dir(cfg))
         self.report: dict[str, Any] = {}  # what train() measured and wrote (see train)
@@ -287,7 +205,11 @@ class Trainer:
             self.engine_weights_changed()
         self.parallel: distributed.DataParallel | None = None
         if distributed.wanted(cfg):
-            self.parallel = distributed.setup(self)
+            state = None if distributed.launched() else {
+                k: v.detach().clone() for k, v in self._policy_state_dict().items()}
+            self.parallel = distributed.setup(
+                self.model, self.value_head, world_size=cfg.trainer_procs, tokenizer=self.tokenizer,
+                state_dict=state, entry=_follow_rank_zero, entry_args=(cfg,))
 
     # -- parts of an iteration --------------------------------------------------------------------------------
     def _modules(self) -> dict[str, torch.nn.Module]:
@@ -631,7 +553,11 @@ class Trainer:
         What the run wrote is summarised in ``self.report``: ``eval_before`` / ``eval_after`` (EvalResult as dicts),
         ``wall_s``, ``run_dir``, ``curve`` (the PNG) and ``model`` (the exported directory)."""
         if self.parallel is not None and not self.parallel.is_main:
-            return self.parallel.follow(self)  # steps in lockstep with rank 0, which logs and saves
+            # Steps in lockstep with rank 0, which evaluates, logs and writes every file.
+            self.cfg = dataclasses.replace(self.cfg, save_episodes=0)
+            while self.iteration < self.cfg.iterations:
+                self.step()
+            return []
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         t_start = time.perf_counter()
@@ -738,6 +664,16 @@ class Trainer:
             self.parallel.close()
 
 
+def _follow_rank_zero(model: Any, tokenizer: Any, cfg: TrainConfig) -> None:
+    """The work of a trainer process that rank 0 started (:func:`agentgym.distributed.setup`): the same Trainer
+    over the rank-0 policy's weights, stepping in lockstep with rank 0."""
+    trainer = Trainer(cfg, model, tokenizer)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+
+
 class _StepZero:
     """Engine vs trainer logprobs over every row of the first minibatch, before any optimizer step."""
 
@@ -822,15 +758,6 @@ def _rows_of(episodes: algos.EpisodeIndex, chosen: torch.Tensor) -> torch.Tensor
     row_rank = rank[episodes.row_episode]
     rows = torch.nonzero(row_rank >= 0).flatten()
     return rows[torch.argsort(row_rank[rows], stable=True)]
-
-
-def _adamw_kwargs(model: torch.nn.Module) -> dict[str, Any]:
-    """The fused AdamW kernel where it exists (one pass over each parameter, no temporary copies)."""
-    params = list(model.parameters())
-    if params and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) and p.device.type in ("cpu", "cuda")
-                      for p in params):
-        return {"fused": True}
-    return {}
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

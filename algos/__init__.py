@@ -41,7 +41,7 @@ from agentgym.algos.losses import (
     register_policy_loss,
     truncated_importance_weights,
 )
-from agentgym.algos.presets import ALGORITHMS, DESCRIPTIONS, get_algorithm, list_algorithms
+from agentgym.algos.presets import ALGORITHMS, DESCRIPTIONS, get_algorithm, list_algorithms, register_algorithm
 from agentgym.algos.registry import Registry
 from agentgym.algos.rewards import overlong_penalty, shape_rewards
 
@@ -78,6 +78,7 @@ __all__ = [
     "overlong_penalty",
     "policy_token_gae",
     "register_advantage",
+    "register_algorithm",
     "register_aggregation",
     "register_credit",
     "register_kl",

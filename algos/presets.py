@@ -84,6 +84,21 @@ def list_algorithms() -> list[str]:
     return sorted(ALGORITHMS)
 
 
+def register_algorithm(name: str, description: str, **fields: Any) -> None:
+    """Name a combination of `AlgoConfig` fields, so that `get_algorithm(name)` (and `--algo name`) builds it.
+
+    The fields are checked now: an unknown field, or a registry name (advantage, policy_loss, ...) that nothing
+    registered, raises ValueError. Re-registering a name replaces it.
+    """
+    known = {f.name for f in dataclasses.fields(AlgoConfig)}
+    for key in fields:
+        if key not in known:
+            raise ValueError(unknown_name_message(f"AlgoConfig field (of {name!r})", key, known))
+    AlgoConfig(**{**fields, "name": name})
+    ALGORITHMS[name] = dict(fields)
+    DESCRIPTIONS[name] = description
+
+
 def get_algorithm(name: str, **overrides: Any) -> AlgoConfig:
     """The `AlgoConfig` of the named algorithm, with `overrides` applied to its fields.
 

@@ -66,7 +66,7 @@ def in_process(args) -> dict:
 def with_ray(args, workers: int) -> dict:
     import ray
 
-    from agentgym.distributed import policy_spec
+    from agentgym.policy import policy_spec
     from agentgym.engines import SamplingParams
     from agentgym.ray_rollout import RayCollector, WorkerConfig
 

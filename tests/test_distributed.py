@@ -246,7 +246,7 @@ def test_shard_rows_partition_and_pad():
 
 
 def test_policy_spec_rebuilds_the_same_policy():
-    from agentgym.distributed import policy_spec
+    from agentgym.policy import policy_spec
 
     model, tok = make_tiny_policy(seed=3)
     spec = policy_spec(model, tok, {k: v.clone() for k, v in model.state_dict().items()})

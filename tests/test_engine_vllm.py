@@ -145,12 +145,13 @@ def test_engine_glue_against_a_stand_in(stand_in_vllm, tmp_path):
 
 
 def test_vllm_engine_config_is_checked_before_loading():
-    from agentgym.trainer import TrainConfig, build_engine
+    from agentgym import build
+    from agentgym.trainer import TrainConfig
 
     with pytest.raises(ValueError, match="engine must be one of transformers, vllm"):
         TrainConfig(engine="vlm").check()
     with pytest.raises(ValueError, match="lora_rank=4"):
-        build_engine(TrainConfig(engine="vllm", lora_rank=4), None, None)
+        build.engine(TrainConfig(engine="vllm", lora_rank=4), None, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------

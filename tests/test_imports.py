@@ -14,16 +14,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ((ROOT / "agentgym", "agentgym"), (ROOT / "envs", "agentgym.envs"), (ROOT / "algos", "agentgym.algos"))
 
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # Trainer.__init__ spawns the DDP processes, whose entry point builds a Trainer; the rollout workers take the
-    # policy spec from the same module. Breaking it means building runs outside the Trainer.
-    frozenset({"agentgym.trainer", "agentgym.distributed", "agentgym.ray_rollout"}),
-    # The running episode's context variable lives in agent_env; the worker process module reads it.
-    frozenset({"agentgym.agent_env", "agentgym.agent_process"}),
-}
-"""Cycles that remain: a new one fails the test, and so does one of these once it is gone (remove it here)."""
-
-
 def modules() -> dict[str, Path]:
     out = {}
     for base, package in PACKAGES:
@@ -129,9 +119,6 @@ def test_the_graph_sees_function_level_relative_and_submodule_imports():
     assert "agentgym.algos.config" not in graph["agentgym.algos.advantages"]  # only under TYPE_CHECKING
 
 
-def test_no_import_cycles_beyond_the_known_ones():
+def test_no_import_cycles():
     found = cycles(import_graph())
-    new = found - KNOWN_CYCLES
-    assert not new, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in new)
-    gone = KNOWN_CYCLES - found
-    assert not gone, "no longer cycles, remove them from KNOWN_CYCLES: " + "; ".join(sorted(map(str, gone)))
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)

@@ -15,7 +15,7 @@ pytest.importorskip("ray")
 
 import ray  # noqa: E402
 
-from agentgym.distributed import policy_spec  # noqa: E402
+from agentgym.policy import policy_spec  # noqa: E402
 from agentgym.engines import SamplingParams  # noqa: E402
 from agentgym.policy import forward  # noqa: E402
 from agentgym.ray_rollout import RayCollector, WorkerConfig  # noqa: E402
@@ -99,7 +99,7 @@ class TestSharedWorkers:
         assert actions(episodes) == actions([ep for g in range(6) for ep in by_index[g]])
         assert len({ep.info["rollout_worker_pid"] for ep in episodes}) == 2, "both workers took tasks"
         assert len({ep.info["rollout_task"] for ep in episodes}) == 6
-        assert rc.venv.envs[0].env.max_turns == 2
+        assert max(len(ep.turns) for ep in episodes) <= 2  # the workers' envs take ENV's max_turns
         again = rc.collect(seed=100)
         assert [ep.episode_id for ep in again] == list(range(first + 12, first + 24))
         # Several groups per task: a worker batches them in one engine; the groups are the same tasks of the env.

@@ -3,10 +3,12 @@
 - :class:`TransformersEngine`: in-process transformers model on CPU or one GPU (the default); shares the
   trainer's module, keeps multi-turn contexts under cache keys.
 - :class:`VLLMEngine`: vLLM on a CUDA GPU (``pip install 'agentgym[vllm]'``).
+- :mod:`agentgym.engines.registry`: engines by name (``register_engine`` adds one).
 - :mod:`agentgym.engines.server`: an OpenAI-compatible HTTP server in front of either.
 """
 
 from agentgym.engines.base import Completion, Engine, FinishReason, SamplingParams, sampled_logprobs
+from agentgym.engines.registry import engine_by_name, engine_names, register_engine, shares_module
 from agentgym.engines.transformers_engine import TransformersEngine
 from agentgym.engines.vllm_engine import VLLMEngine, VLLMUnavailableError
 
@@ -18,5 +20,9 @@ __all__ = [
     "TransformersEngine",
     "VLLMEngine",
     "VLLMUnavailableError",
+    "engine_by_name",
+    "engine_names",
+    "register_engine",
     "sampled_logprobs",
+    "shares_module",
 ]
