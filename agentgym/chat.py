@@ -39,6 +39,16 @@ class Continuation:
     prefix_stable: bool
 
 
+def render_messages(tokenizer: Any, messages: Sequence[dict], tools: list[dict] | None = None,
+                    add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+    """The text ``tokenizer``'s chat template renders for ``messages`` (and ``tools``): the one place a chat template
+    is applied, for environments (:class:`ChatTemplate`) and for the server's chat requests alike."""
+    if tools:
+        template_kwargs["tools"] = tools
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **template_kwargs)
+
+
 class ChatTemplate:
     """Renders chat messages to token ids incrementally, through ``tokenizer.apply_chat_template``.
 
@@ -60,13 +70,7 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
         """The template's text for ``messages``."""
-        return self.tokenizer.apply_chat_template(
-            list(messages),
-            tools=self.tools,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **self.template_kwargs,
-        )
+        return render_messages(self.tokenizer, messages, self.tools, add_generation_prompt, **self.template_kwargs)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of template text (special tokens in the text are parsed, none is added)."""

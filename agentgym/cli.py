@@ -98,7 +98,7 @@ def _eval(argv: Sequence[str]) -> int:
 
 
 def _inspect(argv: Sequence[str]) -> int:
-    from agentgym.inspect import main as inspect_main
+    from agentgym.inspection import main as inspect_main
 
     return inspect_main(argv)
 

@@ -21,7 +21,7 @@ import numpy as np
 from agentgym.models import is_hf_model_dir
 
 EVAL_SEED = 10_000_019
-"""Default seed of the first evaluation task (the same held-out tasks as :func:`agentgym.trainer.evaluate`)."""
+"""Default seed of the first evaluation task (the same held-out tasks as :meth:`agentgym.trainer.Trainer.evaluate`)."""
 
 
 @dataclass

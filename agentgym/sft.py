@@ -271,18 +271,6 @@ class SFTTrainer(Trainer):
             out_metrics["grad_norm"] = gnorm_sum / max(steps, 1)
         return out_metrics
 
-    def evaluate_now(self, episodes: int) -> dict[str, float]:
-        """Success and reward of the current policy on ``episodes`` held-out tasks (the ``agentgym eval`` tasks)."""
-        from agentgym.evaluate import evaluate_policy
-
-        cfg = self.cfg
-        result, _ = evaluate_policy(
-            self.model, self.tokenizer, cfg.env, cfg.env_kwargs, episodes=episodes, temperature=cfg.temperature,
-            top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-            max_context_tokens=cfg.max_context_tokens, batch_size=episodes, engine=self.engine,
-        )
-        return {"eval_success_rate": result.success_rate, "eval_reward_mean": result.reward_mean}
-
     def step(self) -> dict[str, float]:
         """One iteration: collect and select (or take the file's kept trajectories), fine-tune, push weights."""
         t0 = time.perf_counter()
@@ -308,7 +296,8 @@ class SFTTrainer(Trainer):
                 self.engine_weights_changed()
         t_train = time.perf_counter() - t1
         if self.cfg.eval_episodes > 0:
-            metrics.update(self.evaluate_now(self.cfg.eval_episodes))
+            result = self.evaluate(self.cfg.eval_episodes, temperature=self.cfg.temperature)
+            metrics.update(eval_success_rate=result.success_rate, eval_reward_mean=result.reward_mean)
         if self.data is not None:  # the file's episodes say nothing about the current policy: report the eval's
             metrics["reward_mean"] = metrics.get("eval_reward_mean", math.nan)
             metrics["success_rate"] = metrics.get("eval_success_rate", math.nan)

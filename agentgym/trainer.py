@@ -533,16 +533,19 @@ class Trainer:
                 f.write(json.dumps(episode_record(ep, self.iteration + 1)) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def evaluate(self, episodes: int | None = None) -> Any:
-        """Greedy success of the policy now on held-out tasks (the evaluation seeds of ``agentgym eval``), played
-        with the trainer's engine; returns an :class:`~agentgym.evaluate.EvalResult`."""
+    def evaluate(self, episodes: int | None = None, temperature: float = 0.0) -> Any:
+        """Success of the policy now on ``episodes`` held-out tasks (default ``cfg.eval_episodes``; the evaluation
+        seeds of ``agentgym eval``), one episode each, played with the trainer's engine: greedy by default, else
+        sampled at ``temperature`` with the run's top-k and top-p. Returns an :class:`~agentgym.evaluate.EvalResult`."""
         from agentgym.evaluate import evaluate_policy
 
-        n = self.cfg.eval_episodes if episodes is None else episodes
+        cfg = self.cfg
+        n = cfg.eval_episodes if episodes is None else episodes
+        sampled = {"top_p": cfg.top_p, "top_k": cfg.top_k} if temperature > 0 else {}
         result, _ = evaluate_policy(
-            self.model, self.tokenizer, self.cfg.env, self.cfg.env_kwargs, episodes=n, temperature=0.0,
-            max_new_tokens=self.cfg.max_new_tokens, max_context_tokens=self._max_context, batch_size=min(n, 64),
-            engine=self.engine,
+            self.model, self.tokenizer, cfg.env, cfg.env_kwargs, episodes=n, temperature=temperature,
+            max_new_tokens=cfg.max_new_tokens, max_context_tokens=self._max_context, batch_size=min(n, 64),
+            engine=self.engine, **sampled,
         )
         return result
 
@@ -775,22 +778,3 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
         "truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
         "episodes": float(len(episodes)),
     }
-
-
-def evaluate(trainer: Trainer, seeds: int = 1, greedy: bool = False) -> float:
-    """Success rate of the current policy over ``seeds`` collections on held-out task seeds.
-
-    Sampling is as in training unless ``greedy`` (temperature 0: the policy's most likely reply).
-    """
-    collector = trainer.collector
-    saved = collector.params
-    if greedy:
-        collector.params = dataclasses.replace(saved, temperature=0.0)
-    try:
-        rates = []
-        for s in range(seeds):
-            eps = collector.collect(10_000_019 + s * trainer.cfg.groups_per_iteration)
-            rates.append(np.mean([ep.success for ep in eps]))
-    finally:
-        collector.params = saved
-    return float(np.mean(rates)) if rates else math.nan

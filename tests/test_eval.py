@@ -97,7 +97,7 @@ def test_a_greedy_policy_that_always_wins(monkeypatch):
 
 
 def test_command_uses_the_runs_settings_and_writes_episodes_for_inspect(tmp_path, capsys):
-    from agentgym.inspect import main as inspect_main
+    from agentgym.inspection import main as inspect_main
 
     _train(tmp_path)
     out = tmp_path / "eval"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentgym.inspect import episode_view, load_episodes, main, render_html, select_episodes, token_decoder
+from agentgym.inspection import episode_view, load_episodes, main, render_html, select_episodes, token_decoder
 
 
 def _record(tok, iteration=1, episode_id=0, success=True, rebuilt=False):

@@ -14,7 +14,7 @@ from agentgym.batch import Episode, Turn, to_batch
 from agentgym.policy import forward
 from agentgym.sft import SFTConfig, SFTTrainer, episode_from_messages, load_trajectories
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import episode_record, evaluate
+from agentgym.trainer import episode_record
 
 ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 
@@ -170,9 +170,9 @@ def test_sft_config_rejects_rl_overrides():
 @pytest.mark.slow
 def test_rejection_sampling_raises_success(tmp_path):
     trainer = _sft_trainer(tmp_path, iterations=8, groups_per_iteration=16, epochs=2)
-    before = evaluate(trainer)
+    before = trainer.evaluate(128, temperature=1.0).success_rate
     history = trainer.train()
-    after = evaluate(trainer)
+    after = trainer.evaluate(128, temperature=1.0).success_rate
     trainer.close()
     assert all(h["kept_episodes"] == h["success_rate"] * h["episodes"] for h in history)
     assert before <= 0.1
