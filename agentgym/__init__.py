@@ -9,8 +9,8 @@ import agentgym.envs  # noqa: E402,F401  (registers the built-in envs)
 
 __version__ = "0.1.0"
 
-_LAZY = {"AgentEnv": "agentgym.agent_env", "LLM": "agentgym.agent_env", "agent_name": "agentgym.agent_env",
-         "emit_reward": "agentgym.agent_env"}
+_LAZY = {"AgentEnv": "agentgym.agents.env", "LLM": "agentgym.agents.env", "agent_name": "agentgym.agents.env",
+         "emit_reward": "agentgym.agents.env"}
 """Names imported on first use (PEP 562), so that ``import agentgym`` stays as fast as before."""
 
 

@@ -22,10 +22,12 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """Name of the embedded default policy."""
@@ -268,3 +270,45 @@ def _convert_gguf(gguf: Path, target: Path, *, tokenizer_only: bool) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- rebuilding the policy in another process ----------------------------------------------------------------------
+@dataclass
+class PolicySpec:
+    """What another process needs to rebuild the policy: its transformers config, tokenizer, dtype and weights.
+
+    The config and tokenizer are small and picklable; ``state_dict`` is optional (Ray workers get their weights
+    through the object store instead).
+    """
+
+    config: Any
+    tokenizer: Any
+    dtype: torch.dtype = torch.float32
+    state_dict: dict[str, torch.Tensor] | None = None
+
+    def build(self) -> tuple[nn.Module, Any]:
+        """A fresh causal LM of the same architecture (with ``state_dict`` loaded when present), in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(self.config).to(self.dtype)
+        if self.state_dict is not None:
+            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+            missing = [k for k in missing if k not in _tied_keys(model)]
+            if missing or unexpected:
+                raise KeyError(f"the weights do not fit the architecture: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        return model.eval(), self.tokenizer
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is model.get_input_embeddings().weight:
+        return {n for n, p in model.named_parameters(remove_duplicate=False) if p is out.weight}
+    return set()
+
+
+def policy_spec(model: nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None) -> PolicySpec:
+    """The :class:`PolicySpec` of a transformers causal LM (a peft model contributes its base model's config)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = next(base.parameters()).dtype
+    return PolicySpec(base.config, tokenizer, dtype, state_dict)

@@ -110,7 +110,7 @@ def selection_mask(
 
 
 def select_episodes(episodes: Sequence[Any], cfg: SelectionConfig) -> list[Any]:
-    """The episodes (:class:`~agentgym.batch.Episode`) that `selection_mask` keeps, in their original order."""
+    """The episodes (:class:`~agentgym.rollout.batch.Episode`) that `selection_mask` keeps, in their original order."""
     if not episodes:
         return []
     returns = torch.tensor([ep.total_reward for ep in episodes], dtype=torch.float32)

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from agentgym.suite import REAL_ENVS, TINY_ENVS, EnvSetting
+from agentgym.workflow.suite import REAL_ENVS, TINY_ENVS, EnvSetting
 
 METHODS = ("base", "sft", "apo", "grpo")
 
@@ -80,9 +80,9 @@ def _load(model_name: str, seed: int) -> tuple[Any, Any]:
 
 def held_out(model: Any, tok: Any, setting: EnvSetting, prompt: str | None, episodes: int) -> dict[str, Any]:
     """Success of ``model`` with system prompt ``prompt`` on ``episodes`` held-out tasks (the `agentgym eval` seeds)."""
-    from agentgym.apo import PromptEvaluator
+    from agentgym.training.apo import PromptEvaluator
     from agentgym.engines import SamplingParams, TransformersEngine
-    from agentgym.evaluate import EVAL_SEED
+    from agentgym.rollout.evaluation import EVAL_SEED
 
     params = SamplingParams(max_new_tokens=setting.max_new_tokens)
     ev = PromptEvaluator(setting.env, dict(setting.env_kwargs), TransformersEngine(model, tok), tok, params,
@@ -108,7 +108,7 @@ def _train_for(trainer: Any, budget_s: float) -> tuple[int, float]:
 def run_method(method: str, plan: dict[str, Any], seed: int, budget_s: float, episodes: int, out: Path,
                critic: str) -> MethodRun:
     """Run one method from the base model and evaluate it on the held-out tasks."""
-    from agentgym.apo import APOConfig, env_system_prompt, optimize_prompt
+    from agentgym.training.apo import APOConfig, env_system_prompt, optimize_prompt
 
     setting: EnvSetting = plan["env"]
     model, tok = _load(plan["model"], seed)
@@ -120,7 +120,7 @@ def run_method(method: str, plan: dict[str, Any], seed: int, budget_s: float, ep
     steps, wall = 0, 0.0
     cpu0 = time.process_time()
     if method == "sft":
-        from agentgym.sft import SFTConfig, SFTTrainer
+        from agentgym.training.sft import SFTConfig, SFTTrainer
 
         trainer = SFTTrainer(SFTConfig(**common, **plan["sft"], progress=False, export=False, save_episodes=0),
                              model=model, tokenizer=tok)
@@ -129,7 +129,7 @@ def run_method(method: str, plan: dict[str, Any], seed: int, budget_s: float, ep
         finally:
             trainer.close()
     elif method == "grpo":
-        from agentgym.trainer import TrainConfig, Trainer
+        from agentgym.training.trainer import TrainConfig, Trainer
 
         trainer = Trainer(TrainConfig(**common, algo="grpo", **plan["grpo"], progress=False, export=False,
                                       save_episodes=0), model=model, tokenizer=tok)
@@ -151,7 +151,7 @@ def run_method(method: str, plan: dict[str, Any], seed: int, budget_s: float, ep
 
 def summarize(runs: Sequence[MethodRun]) -> list[dict[str, Any]]:
     """Per method: held-out success (mean ± std over seeds, Wilson 95% interval of the pooled rate), wall time."""
-    from agentgym.evaluate import wilson_interval
+    from agentgym.rollout.evaluation import wilson_interval
 
     rows = []
     for method in dict.fromkeys(r.method for r in runs):

@@ -36,7 +36,7 @@ timeout 180 "$VENV/bin/python" benchmarks/engine_throughput.py --vllm --skip-gen
 # trained model stays where agentgym loads it (the CPU); vLLM samples on the GPU and takes the weights each step.
 timeout 180 "$VENV/bin/python" - <<'PY'
 import json, statistics, tempfile
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 cfg = TrainConfig(engine="vllm", iterations=3, wandb=False, progress=False, export=False,
                   run_dir=tempfile.mkdtemp(prefix="device-check-"))

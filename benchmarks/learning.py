@@ -12,7 +12,7 @@ curve), results.json and curves-ENV.png (seeds shaded) to benchmarks/results/lea
 import sys
 
 from agentgym.algos import list_algorithms
-from agentgym.suite import main
+from agentgym.workflow.suite import main
 
 PRESET = ["--algos", ",".join(list_algorithms()), "--seeds", "3", "--out", "benchmarks/results/learning"]
 

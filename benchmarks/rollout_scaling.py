@@ -2,7 +2,7 @@
 
 Setting: a tiny random Llama (``agentgym.tiny``, ``--hidden``/``--layers``) on GuessNumber (1..3, two turns, no
 system prompt); one collection = ``--groups`` groups x ``--group_size`` episodes of at most ``--max_new_tokens``
-tokens per turn. For each worker count the script starts a :class:`~agentgym.ray_rollout.RayCollector` on a local
+tokens per turn. For each worker count the script starts a :class:`~agentgym.rollout.ray_workers.RayCollector` on a local
 Ray cluster with all of this machine's CPUs (each worker reserves CPUs / workers, one torch thread), runs one
 warm-up collection, then ``--repeats`` timed ones, and reports the median episodes/s. It also times what bounds a
 training iteration besides rollouts: the weight broadcast (``ray.put`` once + every worker loading it) and one
@@ -44,7 +44,7 @@ def _state(model) -> dict[str, torch.Tensor]:
 def in_process(args) -> dict:
     """The single-process baseline: the trainer's own Collector and engine in this process."""
     import agentgym
-    from agentgym.collector import Collector
+    from agentgym.rollout.collector import Collector
     from agentgym.engines import SamplingParams, TransformersEngine
 
     torch.set_num_threads(args.threads)
@@ -66,9 +66,9 @@ def in_process(args) -> dict:
 def with_ray(args, workers: int) -> dict:
     import ray
 
-    from agentgym.policy import policy_spec
+    from agentgym.models import policy_spec
     from agentgym.engines import SamplingParams
-    from agentgym.ray_rollout import RayCollector, WorkerConfig
+    from agentgym.rollout.ray_workers import RayCollector, WorkerConfig
 
     model, tok = _policy(args)
     config = WorkerConfig(env=ENV, policy=policy_spec(model, tok), env_kwargs=ENV_KWARGS,
@@ -101,7 +101,7 @@ def with_ray(args, workers: int) -> dict:
 
 def trainer_update(args) -> float:
     """Seconds of one trainer iteration's scoring and update on a collection-sized batch (this process)."""
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(args.threads)
     model, tok = _policy(args)

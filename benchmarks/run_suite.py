@@ -11,7 +11,7 @@ curves-ENV.png, and one run directory per run under runs/.
 
 import sys
 
-from agentgym.suite import main
+from agentgym.workflow.suite import main
 
 if __name__ == "__main__":
     sys.exit(main())

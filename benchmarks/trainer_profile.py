@@ -65,7 +65,7 @@ class _PeakSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _read(self) -> None:
-        from agentgym.allocator import heap_stats
+        from agentgym.training.allocator import heap_stats
 
         rss = _status("VmRSS")
         if rss > self.peak:
@@ -95,7 +95,7 @@ def _bytes(tensors) -> int:
 
 
 def config(setting: str, iterations: int, run_dir: str, overrides: dict):
-    from agentgym.trainer import TrainConfig
+    from agentgym.training.trainer import TrainConfig
 
     if setting == "main":  # `agentgym train` with every default
         cfg = TrainConfig(iterations=iterations, run_dir=run_dir, wandb=False, progress=False, export=False)
@@ -188,7 +188,7 @@ class PhaseProfiler:
 
 def memory_breakdown(trainer, profiler: PhaseProfiler, baseline_mib: float) -> dict[str, float]:
     """MiB of each part at the training peak (see the module docstring)."""
-    from agentgym.policy import HEAD_CHUNK_TOKENS, activation_bytes_per_token
+    from agentgym.training.policy import HEAD_CHUNK_TOKENS, activation_bytes_per_token
 
     model = trainer.model
     params = [p for p in model.parameters()]
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from agentgym.trainer import Trainer
+    from agentgym.training.trainer import Trainer
 
     baseline = _status("VmRSS")
     overrides = {}

@@ -66,7 +66,7 @@ def our_config(steps: int, model_dir: str, run_dir: str, always_step: bool = Fal
     """
     import agentgym
     from agentgym.message_env import MessageEnv
-    from agentgym.trainer import TrainConfig
+    from agentgym.training.trainer import TrainConfig
 
     data = prompts()
 
@@ -95,7 +95,7 @@ def our_config(steps: int, model_dir: str, run_dir: str, always_step: bool = Fal
 def run_ours(steps: int, model_dir: str, always_step: bool = False) -> dict:
     import torch
 
-    from agentgym.trainer import Trainer
+    from agentgym.training.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="vs_trl_ours_")
     cfg = our_config(steps, model_dir, run_dir, always_step)

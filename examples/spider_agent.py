@@ -1,4 +1,4 @@
-"""The Spider self-correction loop as a plain agent program, trained through :class:`~agentgym.agent_env.AgentEnv`.
+"""The Spider self-correction loop as a plain agent program, trained through :class:`~agentgym.agents.env.AgentEnv`.
 
 The program (:class:`SpiderAgent`) is ordinary openai-SDK code:
 
@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from agentgym.agent_env import LLM, AgentEnv
-from agentgym.collector import Collector
+from agentgym.agents.env import LLM, AgentEnv
+from agentgym.rollout.collector import Collector
 from agentgym.envs.spider_sql import (
     GoldQueryError,
     SpiderExample,
@@ -37,7 +37,7 @@ from agentgym.envs.spider_sql import (
     serialize_schema,
     suite_db_paths,
 )
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 WRITER, CHECKER = "writer", "checker"
 

@@ -48,7 +48,7 @@ def reward_of(task, result) -> float:
 def recording(trainer):
     """While in the block: ``(sampled, batches)``, every ``(prompt, ids, logprobs)`` the trainer's engine generates
     and every ``(episodes, batch)`` the trainer builds."""
-    import agentgym.trainer as trainer_module
+    import agentgym.training.trainer as trainer_module
 
     sampled: list[tuple[list[int], list[int], list[float]]] = []
     batches: list = []
@@ -79,10 +79,10 @@ def train_agent(agent, tasks, *, seed: int = 5, train_agents=None, **env_kwargs)
     Returns ``(history, batches, sampled, tokenizer)`` as :func:`recording` gives them (``sampled`` holds the
     calls of untrained agents too).
     """
-    from agentgym.agent_env import AgentEnv
-    from agentgym.collector import Collector
+    from agentgym.agents.env import AgentEnv
+    from agentgym.rollout.collector import Collector
     from agentgym.tiny import make_tiny_policy
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     model, tok = make_tiny_policy(seed=seed)
     run_dir = tempfile.mkdtemp(prefix="agentgym-agent-")

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from agentgym.adapters import adapter_parameters, add_adapters, use_adapter
+from agentgym.training.adapters import adapter_parameters, add_adapters, use_adapter
 from agentgym.envs.werewolf.agents import HeuristicAgent
 from agentgym.envs.werewolf.env import WerewolfEnv
-from agentgym.multi_agent import MultiAgentCollector
+from agentgym.rollout.multi_agent import MultiAgentCollector
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ADAPTERS = ["wolf", "seer"]
 

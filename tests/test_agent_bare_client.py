@@ -14,7 +14,7 @@ import openai
 import pytest
 
 import agentgym
-from agentgym.agent_env import AgentEnv
+from agentgym.agents.env import AgentEnv
 from tests.row_checks import assert_rows_are_the_episodes, recording, reward_of, say
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two integers",
@@ -211,7 +211,7 @@ def failing_agents(task, llm):
 
 
 def test_failed_episodes_say_why(tiny_policy):
-    from agentgym.collector import Collector
+    from agentgym.rollout.collector import Collector
     from agentgym.engines import SamplingParams, TransformersEngine
 
     model, tok = tiny_policy
@@ -247,7 +247,7 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, iso
     sampled, and each agent received exactly its own episode's samples."""
 
     from agentgym.tiny import make_tiny_policy
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     model, tok = make_tiny_policy(seed=7)
     name = f"test/BareAgent-{isolation}-v0"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import agentgym
-from agentgym.agent_env import AgentEnv, agent_name, emit_reward
+from agentgym.agents.env import AgentEnv, agent_name, emit_reward
 
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two integers",
           "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
@@ -152,9 +152,9 @@ def test_selective_optimization_by_agent_name(tiny_policy):
 def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy, isolation):
     """A few GRPO steps on an agent program (in a thread, or in worker processes); the batch rows are exactly
     the engine's samples."""
-    from agentgym.batch import to_batch
+    from agentgym.rollout.batch import to_batch
     from agentgym.tiny import make_tiny_policy
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     model, tok = make_tiny_policy(seed=3)
     tasks = [{"a": a, "b": b} for a in range(3) for b in range(3)]

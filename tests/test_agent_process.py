@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from agentgym.agent_env import AgentEnv, agent_name, emit_reward
+from agentgym.agents.env import AgentEnv, agent_name, emit_reward
 
 
 def say(tok, text):
@@ -88,6 +88,12 @@ def quick_agent(task, llm):
     return 3.0
 
 
+def openai_loaded_agent(task, llm):
+    import sys
+
+    return float("openai" in sys.modules)
+
+
 def raising_agent(task, llm):
     raise KeyError("no such tool")
 
@@ -143,7 +149,7 @@ def test_hung_agent_is_killed_and_training_goes_on(tiny_tokenizer):
                 time.sleep(0.05)
         obs, _ = env.reset(seed=1)  # the next episode starts a fresh worker
         _, r, term, trunc, info = env.step(say(tiny_tokenizer, "b"))
-        assert term and r == 1.0 and env._process.started == 2
+        assert term and r == 1.0 and env._process.started == 2, (term, trunc, r, info, env._process.started)
 
         env.reset(seed=0)
         env.reset(seed=1)  # a reset mid-call: the agent's call fails, it unwinds, and its worker plays on
@@ -236,6 +242,14 @@ def test_worker_start_does_not_count_against_the_timeout(tiny_tokenizer):
         assert term and r == 3.0
     finally:
         env.close()
+    # Nor does importing openai, which most agents need for their first call (most of a second here).
+    env = AgentEnv(openai_loaded_agent, [{}], tiny_tokenizer, isolation="process", timeout_s=0.2)
+    try:
+        env.reset(seed=0)
+        _, r, term, _, _ = env.step([])
+        assert term and r == 1.0
+    finally:
+        env.close()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
@@ -249,7 +263,7 @@ def test_workers_die_with_the_trainer(tmp_path):
     script = (
         "import sys, time\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from agentgym.agent_env import AgentEnv\n"
+        "from agentgym.agents.env import AgentEnv\n"
         "from agentgym.tiny import make_tiny_tokenizer\n"
         "from test_agent_process import tool_starting_agent\n"
         f"env = AgentEnv(tool_starting_agent, [{str(pid_file)!r}], make_tiny_tokenizer(), isolation='process',"

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 import agentgym
-from agentgym.apo import (
+from agentgym.training.apo import (
     APOConfig,
     ChatCritic,
     EngineChat,
@@ -190,7 +190,7 @@ def test_openai_compatible_critic(tmp_path):
 
 
 def test_cli_runs_apo(tmp_path):
-    from agentgym.cli import main
+    from agentgym.workflow.cli import main
 
     run = tmp_path / "run"
     code = main(["train", "--algo", "apo", "--model", "tiny", "--env.low", "1", "--env.high", "3",

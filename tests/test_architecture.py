@@ -12,12 +12,12 @@ import torch
 
 import agentgym
 from agentgym import algos
-from agentgym.agent_env import AgentEnv
+from agentgym.agents.env import AgentEnv
 from agentgym.engines import TransformersEngine, register_engine
 from agentgym.engines.registry import ENGINES
 from agentgym.message_env import MessageEnv
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"

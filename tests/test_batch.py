@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from agentgym.batch import Episode, Turn, to_batch
+from agentgym.rollout.batch import Episode, Turn, to_batch
 
 
 def merged_episode():

@@ -1,7 +1,7 @@
 """A process killed (SIGKILL) in the middle of writing a checkpoint: resuming loads a complete one.
 
 A driver subprocess saves two complete checkpoints, then forks a child per kill point that saves a third and kills
-itself at that point (through ``agentgym.checkpoint.on_write``, after some of the checkpoint's files are written, or
+itself at that point (through ``agentgym.training.checkpoint.on_write``, after some of the checkpoint's files are written, or
 in the middle of deleting an old copy). This process then checks what a resume would see.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentgym.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from agentgym.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 
 DRIVER = textwrap.dedent('''
     import json, os, shutil, signal, sys
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from agentgym import checkpoint
+    from agentgym.training import checkpoint
     sys.path.insert(0, sys.argv[3])
     from test_checkpoint_kill import trained
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from agentgym import algos
-from agentgym.batch import Episode, Turn, to_batch
-from agentgym.distributed import run_processes, shard_rows
-from agentgym.policy import forward
+from agentgym.rollout.batch import Episode, Turn, to_batch
+from agentgym.training.distributed import run_processes, shard_rows
+from agentgym.training.policy import forward
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 
@@ -125,7 +125,7 @@ def _rank_body(cases, episodes, minibatch, cfg):
     """Everything the two-process tests check, from one start of the processes (starting them is the slow part)."""
     import torch.distributed as dist
 
-    from agentgym.distributed import DataParallel, global_loss_normalizer, local_counts, process_rank
+    from agentgym.training.distributed import DataParallel, global_loss_normalizer, local_counts, process_rank
 
     rows, _ = shard_rows(minibatch.batch_size[0], process_rank(), 2)
     counts = local_counts(minibatch[rows])
@@ -162,7 +162,7 @@ def advantage_batch(episodes, cfg):
 
 def _fsdp_grads(episodes):
     """FSDP (fully_shard over gloo): this rank's shard of the minibatch, the gathered gradients."""
-    from agentgym.distributed import DataParallel
+    from agentgym.training.distributed import DataParallel
 
     cfg = algos.get_algorithm("grpo", **FSDP_ALGO)
     model, _ = make_tiny_policy(seed=0)
@@ -246,7 +246,7 @@ def test_shard_rows_partition_and_pad():
 
 
 def test_policy_spec_rebuilds_the_same_policy():
-    from agentgym.policy import policy_spec
+    from agentgym.models import policy_spec
 
     model, tok = make_tiny_policy(seed=3)
     spec = policy_spec(model, tok, {k: v.clone() for k, v in model.state_dict().items()})

@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from agentgym.evaluate import evaluate_policy, load_policy, main, wilson_interval
+from agentgym.rollout.evaluation import evaluate_policy, wilson_interval
+from agentgym.workflow.evaluate import load_policy, main
 from agentgym.tiny import make_tiny_policy
 
 ENV = "agentgym/GuessNumber-v0"
@@ -14,7 +15,7 @@ ENV_KWARGS = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 
 
 def _train(tmp_path, **overrides):
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     # A penalty for replies without a number makes rewards differ within a group, so the weights move.
     cfg = TrainConfig(model="tiny", env=ENV, env_kwargs={**ENV_KWARGS, "invalid_penalty": 1.0}, max_new_tokens=1, groups_per_iteration=2,
@@ -97,7 +98,7 @@ def test_a_greedy_policy_that_always_wins(monkeypatch):
 
 
 def test_command_uses_the_runs_settings_and_writes_episodes_for_inspect(tmp_path, capsys):
-    from agentgym.inspection import main as inspect_main
+    from agentgym.workflow.inspection import main as inspect_main
 
     _train(tmp_path)
     out = tmp_path / "eval"

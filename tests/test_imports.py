@@ -113,7 +113,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import():
 
 def test_the_graph_sees_function_level_relative_and_submodule_imports():
     graph = import_graph()
-    assert "agentgym.evaluate" in graph["agentgym.trainer"]  # inside Trainer.evaluate
+    assert "agentgym.rollout.evaluation" in graph["agentgym.training.trainer"]  # inside Trainer.evaluate
     assert "agentgym.envs.spider_sql.sqlite_worker" in graph["agentgym.envs.spider_sql.sandbox"]
     assert "agentgym.envs.spider_sql" not in graph["agentgym.envs.spider_sql.sandbox"]
     assert "agentgym.algos.config" not in graph["agentgym.algos.advantages"]  # only under TYPE_CHECKING
@@ -122,3 +122,37 @@ def test_the_graph_sees_function_level_relative_and_submodule_imports():
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
+
+
+LAYERS = [
+    ("env API and models", ["agentgym.core", "agentgym.message_env", "agentgym.chat", "agentgym.registration",
+                            "agentgym.vector", "agentgym.models", "agentgym.tiny"]),
+    ("algorithms", ["agentgym.algos"]),
+    ("inference", ["agentgym.engines"]),
+    ("serving", ["agentgym.engines.server"]),
+    ("agents", ["agentgym.agents"]),
+    ("envs", ["agentgym.envs"]),
+    ("rollout", ["agentgym.rollout"]),
+    ("training", ["agentgym.training"]),
+    ("workflow", ["agentgym.workflow"]),
+]
+"""The stages of docs/architecture.md, bottom up: a module imports only from its own stage or the ones below."""
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def test_every_module_has_a_stage_and_imports_only_downwards():
+    graph = import_graph()
+    assert [m for m in graph if m != "agentgym" and layer_of(m) is None] == []
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) -> {t} ({LAYERS[layer_of(t)][0]})"
+              for m, targets in graph.items() if m != "agentgym" for t in targets
+              if t != "agentgym" and layer_of(t) > layer_of(m)]
+    assert upward == []
+    assert layer_of("agentgym.engines.server.routes") == 3 and layer_of("agentgym.engines.registry") == 2

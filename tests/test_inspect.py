@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentgym.inspection import episode_view, load_episodes, main, render_html, select_episodes, token_decoder
+from agentgym.workflow.inspection import episode_view, load_episodes, main, render_html, select_episodes, token_decoder
 
 
 def _record(tok, iteration=1, episode_id=0, success=True, rebuilt=False):
@@ -110,7 +110,7 @@ def test_command_errors_say_what_to_do(tmp_path, capsys):
 
 def test_inspect_a_trained_run(tmp_path, capsys):
     """A real run of the trainer: the saved episodes show every sampled token as trained, with its logprob."""
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(
         model="tiny", env="agentgym/GuessNumber-v0",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ENV = {"low": 1, "high": 2, "max_turns": 2, "system_prompt": None}
 

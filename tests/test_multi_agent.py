@@ -2,10 +2,11 @@
 
 import pytest
 
-from agentgym.batch import to_batch
+from agentgym.rollout.batch import to_batch
 from agentgym.envs.werewolf.agents import HeuristicAgent
 from agentgym.envs.werewolf.env import WerewolfEnv
-from agentgym.multi_agent import MultiAgentCollector, trainable_filter
+from agentgym.agents.context import trainable_filter
+from agentgym.rollout.multi_agent import MultiAgentCollector
 
 
 @pytest.fixture(scope="module")

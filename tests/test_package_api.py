@@ -12,7 +12,7 @@ import agentgym
 
 def test_agent_names_import_from_the_package():
     from agentgym import LLM, AgentEnv, agent_name, emit_reward
-    from agentgym import agent_env
+    from agentgym.agents import env as agent_env
 
     assert (AgentEnv, LLM, agent_name, emit_reward) == (
         agent_env.AgentEnv, agent_env.LLM, agent_env.agent_name, agent_env.emit_reward)
@@ -29,10 +29,10 @@ def test_import_agentgym_leaves_the_agent_stack_unimported():
     `agentgym.AgentEnv` does."""
     code = (
         "import json, sys, agentgym\n"
-        "heavy = ['agentgym.agent_env', 'fastapi', 'uvicorn', 'openai', 'httpx']\n"
+        "heavy = ['agentgym.agents.env', 'fastapi', 'uvicorn', 'openai', 'httpx']\n"
         "before = [m for m in heavy if m in sys.modules]\n"
         "agentgym.AgentEnv\n"
-        "print(json.dumps([before, 'agentgym.agent_env' in sys.modules]))\n"
+        "print(json.dumps([before, 'agentgym.agents.env' in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(agentgym.__file__).resolve().parents[1], check=True)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from agentgym.plot import (
+from agentgym.training.plot import (
     aggregate, area_under_curve, final_value, find_runs, group_runs, load_run, main, plot_runs, smooth,
 )
 

@@ -104,8 +104,8 @@ def test_every_config_field_has_a_one_line_docstring():
 
 
 def test_algos_command_lists_every_algorithm_with_its_description(capsys):
-    from agentgym.cli import main
-    from agentgym.train_command import BEYOND_RL
+    from agentgym.workflow.cli import main
+    from agentgym.workflow.train_command import BEYOND_RL
 
     assert main(["algos"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -123,14 +123,14 @@ def test_cli_output_into_a_closed_pipe_stops_quietly():
     # BrokenPipeError. The command stops without a traceback.
     script = ("import os, sys\n"
               "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
-              "from agentgym.cli import main\n"
+              "from agentgym.workflow.cli import main\n"
               "sys.exit(main(['algos']))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_each_preset_keeps_its_group_size_unless_the_run_sets_one():
-    from agentgym.trainer import TrainConfig
+    from agentgym.training.trainer import TrainConfig
 
     assert TrainConfig(algo="ppo").algo_config().group_size == 1
     assert TrainConfig(algo="reinforce_pp").algo_config().group_size == 1

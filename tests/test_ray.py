@@ -15,10 +15,10 @@ pytest.importorskip("ray")
 
 import ray  # noqa: E402
 
-from agentgym.policy import policy_spec  # noqa: E402
+from agentgym.models import policy_spec  # noqa: E402
 from agentgym.engines import SamplingParams  # noqa: E402
-from agentgym.policy import forward  # noqa: E402
-from agentgym.ray_rollout import RayCollector, WorkerConfig  # noqa: E402
+from agentgym.training.policy import forward  # noqa: E402
+from agentgym.rollout.ray_workers import RayCollector, WorkerConfig  # noqa: E402
 from agentgym.tiny import make_tiny_policy  # noqa: E402
 
 ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
@@ -27,7 +27,7 @@ ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 @pytest.mark.slow
 def test_cli_trains_with_ray_workers_and_two_trainer_processes(tmp_path):
     """`agentgym train --rollout_workers 2 --trainer_procs 2` runs end to end (its own Ray cluster, shut down)."""
-    cmd = [sys.executable, "-m", "agentgym.cli", "train", "--model", "tiny", "--env", "agentgym/GuessNumber-v0",
+    cmd = [sys.executable, "-m", "agentgym.workflow.cli", "train", "--model", "tiny", "--env", "agentgym/GuessNumber-v0",
            "--env.low", "1", "--env.high", "3", "--env.max_turns", "2", "--env.system_prompt", "null",
            "--algo", "grpo", "--iterations", "2", "--groups_per_iteration", "2", "--group_size", "2",
            "--max_new_tokens", "2", "--rollout-workers", "2", "--trainer-procs", "2", "--wandb", "false",
@@ -192,7 +192,7 @@ class TestSharedWorkers:
 
 @pytest.mark.slow
 def test_training_with_ray_workers_and_two_trainer_processes_survives_a_kill(cluster, tmp_path):
-    from agentgym.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import TrainConfig, Trainer
 
     model, tok = make_tiny_policy(seed=0)
     cfg = TrainConfig(env="agentgym/GuessNumber-v0", env_kwargs=ENV, algo="grpo", algo_kwargs={"entropy_coef": 0.01},

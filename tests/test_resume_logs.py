@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agentgym.tracking import WANDB_ID_FILE, RunLogger, read_metrics, trim_jsonl
+from agentgym.training.tracking import WANDB_ID_FILE, RunLogger, read_metrics, trim_jsonl
 
 
 def _episode_lines(run_dir) -> list[dict]:

@@ -12,12 +12,12 @@ from tensordict import TensorDict
 
 from agentgym import algos
 from agentgym.algos import AlgoConfig, actor_loss, compute_advantages, loss_normalizer, sequence_keys, whiten
-from agentgym.batch import Episode, Turn, to_batch
+from agentgym.rollout.batch import Episode, Turn, to_batch
 from agentgym.engines import SamplingParams
 from agentgym.engines.base import truncated_log_softmax
 from agentgym.engines.transformers_engine import _sample
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 from tests.test_advantages import Row, make_batch, policy_values
 
 ENV = {"low": 1, "high": 9, "max_turns": 3, "system_prompt": None}
@@ -299,7 +299,7 @@ def test_gspo_ratio_is_the_episodes():
 
 
 def test_micro_batches_keep_an_episodes_rows_together(tmp_path):
-    from agentgym.batch import length_buckets
+    from agentgym.rollout.batch import length_buckets
 
     batch = make_batch([Row([(2, 2, 0.0)], episode=0), Row([(3, 4, 1.0)], episode=0, first_turn=1),
                         Row([(1, 2, 0.0)], episode=1), Row([(5, 5, 0.0)], episode=2), Row([(1, 1, 0.0)], episode=3)])
@@ -404,7 +404,7 @@ def _step_gradients(tmp_path, batch, name, **overrides):
 
 
 def test_micro_batching_bucketing_checkpointing_and_head_chunks_give_the_same_gradients(tmp_path, monkeypatch):
-    from agentgym import policy
+    from agentgym.training import policy
 
     source = make_trainer(tmp_path / "source", groups_per_iteration=3)
     batch = scored_batch(source, "random")

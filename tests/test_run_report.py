@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from agentgym.train_command import end_summary
-from agentgym.evaluate import evaluate_policy
+from agentgym.workflow.train_command import end_summary
+from agentgym.rollout.evaluation import evaluate_policy
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ENV = {"low": 1, "high": 2, "max_turns": 2, "system_prompt": None}
 
@@ -75,7 +75,7 @@ def _cli_args(tmp_path):
     model, tok = make_tiny_policy(seed=0)
     model.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
-    return [sys.executable, "-m", "agentgym.cli", "train", "--model", str(tmp_path / "tiny"),
+    return [sys.executable, "-m", "agentgym.workflow.cli", "train", "--model", str(tmp_path / "tiny"),
             "--env", "agentgym/GuessNumber-v0", "--env.low", "1", "--env.high", "2", "--env.max_turns", "2",
             "--iterations", "2", "--groups_per_iteration", "2", "--group_size", "2", "--max_new_tokens", "3",
             "--eval_episodes", "4", "--wandb", "false", "--export", "false", "--run_dir", str(tmp_path / "run")]
@@ -123,7 +123,7 @@ def test_in_a_terminal_the_run_draws_a_live_bar_with_reward_success_and_eta(tmp_
 def test_the_main_job_runs_from_its_defaults(tmp_path):
     """`agentgym train` with the embedded model and every default but the length: it evaluates, trains, draws the
     curve, exports the model and prints the end summary (the learning itself is measured in the README)."""
-    out = subprocess.run([sys.executable, "-m", "agentgym.cli", "train", "--iterations", "2", "--eval_episodes", "8",
+    out = subprocess.run([sys.executable, "-m", "agentgym.workflow.cli", "train", "--iterations", "2", "--eval_episodes", "8",
                           "--wandb", "false", "--run_dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

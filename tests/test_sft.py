@@ -10,11 +10,11 @@ from tensordict import TensorDict
 from agentgym.algos import get_algorithm, loss_normalizer
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.sft import SelectionConfig, select_episodes, selection_mask, sft_loss
-from agentgym.batch import Episode, Turn, to_batch
-from agentgym.policy import forward
-from agentgym.sft import SFTConfig, SFTTrainer, episode_from_messages, load_trajectories
+from agentgym.rollout.batch import Episode, Turn, to_batch
+from agentgym.training.policy import forward
+from agentgym.training.sft import SFTConfig, SFTTrainer, episode_from_messages, load_trajectories
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import episode_record
+from agentgym.training.trainer import episode_record
 
 ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 
@@ -202,7 +202,7 @@ def test_sft_from_a_file_of_messages(tmp_path):
 
 
 def test_cli_trains_sft_from_the_run_dir_episodes(tmp_path):
-    from agentgym.cli import main
+    from agentgym.workflow.cli import main
 
     # A trainer-written episodes.jsonl (from an SFT rejection-sampling run) is valid SFT data.
     src = tmp_path / "first"

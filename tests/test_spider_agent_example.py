@@ -52,7 +52,7 @@ def test_writer_steps_checker_answered_and_execution_reward(spider_agent, tiny_p
 
 
 def test_main_trains_only_the_writer_for_an_iteration(spider_agent, monkeypatch, capsys):
-    from agentgym.collector import Collector
+    from agentgym.rollout.collector import Collector
 
     seen = []
     collect = Collector.collect

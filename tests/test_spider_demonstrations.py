@@ -6,7 +6,7 @@ import pytest
 
 from agentgym.envs.spider_sql import SpiderSQLEnv
 from agentgym.envs.spider_sql.demonstrations import demonstrations, main
-from agentgym.sft import load_trajectories
+from agentgym.training.sft import load_trajectories
 
 
 @pytest.mark.parametrize("max_turns", [1, 3])

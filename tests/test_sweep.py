@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentgym.config import parse_cli
-from agentgym.sweep import (
+from agentgym.workflow.config import parse_cli
+from agentgym.workflow.sweep import (
     apply_wandb_config, format_value, load_sweep, main, point_args, run_sweep, sweep_points, wandb_sweep_values,
 )
-from agentgym.trainer import CLI_ALIASES, TrainConfig
+from agentgym.training.trainer import CLI_ALIASES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "benchmarks" / "sweep_grpo.yaml"
@@ -113,7 +113,7 @@ def test_apply_wandb_config_only_acts_under_a_wandb_agent(tmp_path, monkeypatch)
 
 
 def test_train_rejects_a_mistyped_sweep_key_before_loading_a_model(tmp_path, monkeypatch, capsys):
-    from agentgym.cli import main as cli_main
+    from agentgym.workflow.cli import main as cli_main
 
     params = tmp_path / "config.yaml"
     params.write_text(yaml.safe_dump({"wandb_version": 1, "lrr": {"value": 0.1}}))

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from agentgym.batch import to_batch
+from agentgym.rollout.batch import to_batch
 from agentgym.tiny import make_tiny_policy
-from agentgym.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import TrainConfig, Trainer
 
 ENV = {"low": 1, "high": 9, "max_turns": 3, "system_prompt": None}
 

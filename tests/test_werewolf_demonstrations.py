@@ -4,7 +4,7 @@ import json
 
 from agentgym.envs.werewolf.demonstrations import main, teacher_games
 from agentgym.envs.werewolf.env import WerewolfMessageEnv
-from agentgym.sft import load_trajectories
+from agentgym.training.sft import load_trajectories
 
 SMALL = dict(discussion_rounds=0, wolf_talk=False, roles={"werewolf": 1, "seer": 1, "doctor": 1, "villager": 2})
 

@@ -194,7 +194,7 @@ def test_step_before_reset(tiny_tokenizer):
 def test_collector_loop_builds_one_merged_row_per_seat(tiny_tokenizer):
     # The loop a multi-agent collector runs: per seat, each turn's context extends the previous turn's context and
     # action, and rewards are credited to the rewarded player's latest turn.
-    from agentgym.batch import Episode, Turn, to_batch
+    from agentgym.rollout.batch import Episode, Turn, to_batch
 
     tok = tiny_tokenizer
     env = WerewolfEnv(tok, scripted={"village": HeuristicAgent}, max_context_tokens=100_000)

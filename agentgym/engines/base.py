@@ -9,7 +9,7 @@ relies on that logprob being exactly this quantity (see ``docs/CONTRACTS.md``)::
 where ``logits`` are the model's fp32 next-token logits for the context and ``T`` is the sampling temperature
 (``T = 1`` for greedy decoding, ``temperature == 0``): the logprob of the distribution the token was drawn from, the
 behaviour policy. The trainer computes the same number on a teacher-forced forward pass
-(:func:`agentgym.policy.forward`), so ``old_logprobs`` need no second forward pass.
+(:func:`agentgym.training.policy.forward`), so ``old_logprobs`` need no second forward pass.
 """
 
 from __future__ import annotations

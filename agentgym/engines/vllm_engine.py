@@ -7,7 +7,7 @@ package) runs the same code; it pins its own torch and transformers, so it lives
 - Token ids in, token ids and per-token logprobs out. vLLM is started with ``logprobs_mode="processed_logprobs"``,
   so the logprob of a sampled token is taken after temperature and after top-k / top-p, renormalized over what
   they keep: the engine contract's logprob of the distribution sampled from, which the trainer computes the same
-  way (:func:`agentgym.policy.forward` with the run's ``top_k`` / ``top_p``).
+  way (:func:`agentgym.training.policy.forward` with the run's ``top_k`` / ``top_p``).
 - Multi-turn reuse comes from vLLM's automatic prefix caching, so ``cache_keys`` need no bookkeeping here and
   ``release`` does nothing; ``last_stats`` says how many prompt tokens the last call found cached.
 - ``load_weights(state_dict)`` reloads the trainer's weights in place in the model vLLM runs (vLLM's

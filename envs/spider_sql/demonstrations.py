@@ -6,7 +6,7 @@ has no signal). Fine-tuning first on demonstrations gives it one; a JSONL file o
 
     python -m agentgym.envs.spider_sql.demonstrations --split train --max-turns 1 --out spider_train_gold.jsonl
 
-Each line is a ``messages`` record (see :mod:`agentgym.sft`): the env's system and user messages, exactly as
+Each line is a ``messages`` record (see :mod:`agentgym.training.sft`): the env's system and user messages, exactly as
 ``reset`` builds them with the same env options, and one assistant reply that the env reads as the gold query
 (in a ```sql block, followed by the submit marker when the env allows several replies).
 """

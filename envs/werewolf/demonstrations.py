@@ -6,7 +6,7 @@ prompts, gives it the format (and the teacher's play); RL then starts from there
 
     python -m agentgym.envs.werewolf.demonstrations --games 64 --learner werewolf --out wolf_demos.jsonl
 
-Each line is a ``messages`` record (see :mod:`agentgym.sft`): the seat's conversation exactly as
+Each line is a ``messages`` record (see :mod:`agentgym.training.sft`): the seat's conversation exactly as
 :class:`~agentgym.envs.werewolf.env.WerewolfMessageEnv` builds it, with the teacher's replies as the assistant
 messages, plus the game's ``reward``, ``success`` and ``role``.
 """

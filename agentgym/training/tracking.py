@@ -120,7 +120,7 @@ class RunLogger:
             import wandb
 
             if wandb.run is not None and os.environ.get("WANDB_SWEEP_ID"):
-                # A wandb agent's run that agentgym.sweep.apply_wandb_config already joined: log into it.
+                # A wandb agent's run that agentgym.workflow.sweep.apply_wandb_config already joined: log into it.
                 self.wandb_run = wandb.run
                 self.wandb_run.config.update(config or {}, allow_val_change=True)
                 self.wandb_sent_step = resume_step

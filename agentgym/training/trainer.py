@@ -1,9 +1,9 @@
 """The training loop: collect -> batch -> advantages -> K epochs of clipped updates -> push weights -> log.
 
 Each part lives in its own module; this one only orders them:
-:mod:`agentgym.collector` (rollouts), :mod:`agentgym.batch` (the TensorDict), :mod:`agentgym.algos`
-(advantages and losses, pure functions), :mod:`agentgym.policy` (the trainer's logprobs), :mod:`agentgym.tracking`
-(metrics) and :mod:`agentgym.checkpoint` (resume).
+:mod:`agentgym.rollout.collector` (rollouts), :mod:`agentgym.rollout.batch` (the TensorDict), :mod:`agentgym.algos`
+(advantages and losses, pure functions), :mod:`agentgym.training.policy` (the trainer's logprobs), :mod:`agentgym.training.tracking`
+(metrics) and :mod:`agentgym.training.checkpoint` (resume).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from agentgym import algos, build, distributed
-from agentgym.allocator import keep_freed_memory, return_freed_memory
-from agentgym.batch import Episode, episode_record, length_buckets, scalar_info, to_batch, trim
-from agentgym.checkpoint import load_checkpoint, save_checkpoint
+from agentgym import algos
+from agentgym.training import build, distributed
+from agentgym.training.allocator import keep_freed_memory, return_freed_memory
+from agentgym.rollout.batch import Episode, episode_record, length_buckets, scalar_info, to_batch, trim
+from agentgym.training.checkpoint import load_checkpoint, save_checkpoint
 from agentgym.engines import engine_names
-from agentgym.policy import activation_bytes_per_token, forward, set_activation_checkpointing
-from agentgym.tracking import RunLogger, clock, combine_metrics, replace_text
+from agentgym.training.policy import activation_bytes_per_token, forward, set_activation_checkpointing
+from agentgym.training.tracking import RunLogger, clock, combine_metrics, replace_text
 
 
 @dataclass
@@ -91,7 +92,7 @@ class TrainConfig:
     """LoRA alpha"""
     lora_adapters: list[str] = field(default_factory=list)
     """separate LoRA adapters on one base model, one per trainable policy (needs lora_rank > 0): a row trains the
-    adapter named by its episode's info["policy"], and Trainer.engine_for(name) samples with it (agentgym.adapters)"""
+    adapter named by its episode's info["policy"], and Trainer.engine_for(name) samples with it (agentgym.training.adapters)"""
     seed: int = 0
     """seeds tasks, sampling and minibatch order"""
     run_dir: str = ""
@@ -157,13 +158,13 @@ class Trainer:
     Args:
         cfg: the run config.
         model, tokenizer: a policy to train instead of loading ``cfg.model`` (tests pass tiny ones).
-        engine: the inference engine; by default the one ``cfg.engine`` names (:func:`agentgym.build.engine`): a
+        engine: the inference engine; by default the one ``cfg.engine`` names (:func:`agentgym.training.build.engine`): a
             :class:`~agentgym.engines.TransformersEngine` sharing the trained module, so pushing weights costs
             nothing on one machine, or a :class:`~agentgym.engines.VLLMEngine`.
         collector: anything with ``collect(seed) -> list[Episode]`` (e.g. a
-            :class:`~agentgym.multi_agent.MultiAgentCollector` whose trainable policy is ``self.engine``), built
+            :class:`~agentgym.rollout.multi_agent.MultiAgentCollector` whose trainable policy is ``self.engine``), built
             from the trainer's engine by a callable ``collector(trainer)``; by default a
-            :class:`~agentgym.collector.Collector` over ``cfg.env``.
+            :class:`~agentgym.rollout.collector.Collector` over ``cfg.env``.
     """
 
     def __init__(
@@ -230,7 +231,7 @@ class Trainer:
 
     def engine_for(self, adapter: str) -> Any:
         """The engine that samples with LoRA adapter ``adapter`` (``cfg.lora_adapters``), for a policy map."""
-        from agentgym.adapters import AdapterEngine
+        from agentgym.training.adapters import AdapterEngine
 
         if adapter not in self.cfg.lora_adapters:
             raise KeyError(f"no adapter {adapter!r}; cfg.lora_adapters = {self.cfg.lora_adapters}")
@@ -258,7 +259,7 @@ class Trainer:
 
     def _use(self, adapter: str | None) -> None:
         if adapter is not None:
-            from agentgym.adapters import use_adapter
+            from agentgym.training.adapters import use_adapter
 
             use_adapter(self.model, adapter)
 
@@ -536,8 +537,8 @@ class Trainer:
     def evaluate(self, episodes: int | None = None, temperature: float = 0.0) -> Any:
         """Success of the policy now on ``episodes`` held-out tasks (default ``cfg.eval_episodes``; the evaluation
         seeds of ``agentgym eval``), one episode each, played with the trainer's engine: greedy by default, else
-        sampled at ``temperature`` with the run's top-k and top-p. Returns an :class:`~agentgym.evaluate.EvalResult`."""
-        from agentgym.evaluate import evaluate_policy
+        sampled at ``temperature`` with the run's top-k and top-p. Returns an :class:`~agentgym.rollout.evaluation.EvalResult`."""
+        from agentgym.rollout.evaluation import evaluate_policy
 
         cfg = self.cfg
         n = cfg.eval_episodes if episodes is None else episodes
@@ -622,7 +623,7 @@ class Trainer:
 
     def _draw_curve(self) -> str | None:
         """``run_dir/curve.png``: success and reward by iteration (None when nothing was logged)."""
-        from agentgym.plot import load_run, plot_runs
+        from agentgym.training.plot import load_run, plot_runs
 
         try:
             return str(plot_runs([load_run(self.run_dir)], self.run_dir / "curve.png", title=self.run_dir.name))
@@ -668,7 +669,7 @@ class Trainer:
 
 
 def _follow_rank_zero(model: Any, tokenizer: Any, cfg: TrainConfig) -> None:
-    """The work of a trainer process that rank 0 started (:func:`agentgym.distributed.setup`): the same Trainer
+    """The work of a trainer process that rank 0 started (:func:`agentgym.training.distributed.setup`): the same Trainer
     over the rank-0 policy's weights, stepping in lockstep with rank 0."""
     trainer = Trainer(cfg, model, tokenizer)
     try:

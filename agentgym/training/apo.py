@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,7 +135,7 @@ class PromptScore:
     """mean episode return"""
     success_rate: float
     episodes: list[Any] = field(default_factory=list, repr=False)
-    """the :class:`~agentgym.batch.Episode` list"""
+    """the :class:`~agentgym.rollout.batch.Episode` list"""
 
 
 class PromptEvaluator:
@@ -155,7 +154,7 @@ class PromptEvaluator:
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], engine: Any, tokenizer: Any, params: Any,
                  num_tasks: int, samples_per_task: int = 1, seed: int = VAL_SEED, max_context_tokens: int = 2048,
                  num_threads: int = 0):
-        from agentgym.collector import Collector
+        from agentgym.rollout.collector import Collector
 
         self.seed = seed
         self._wrappers: list[SystemPromptEnv] = []
@@ -488,7 +487,7 @@ def optimize_prompt(
     import torch
 
     from agentgym.engines import SamplingParams, TransformersEngine
-    from agentgym.tracking import RunLogger
+    from agentgym.training.tracking import RunLogger
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -565,7 +564,7 @@ def optimize_prompt(
         best = _ranked(history)[0]
         evals: dict[str, dict[str, float]] = {}
         if cfg.eval_episodes > 0:
-            from agentgym.evaluate import EVAL_SEED
+            from agentgym.rollout.evaluation import EVAL_SEED
 
             held_out = PromptEvaluator(num_tasks=cfg.eval_episodes, samples_per_task=1, seed=EVAL_SEED, **common)
             try:
@@ -613,29 +612,6 @@ def default_critic(cfg: APOConfig, engine: Any, tokenizer: Any) -> Critic:
         chat = EngineChat(TransformersEngine(critic_model, critic_tok), critic_tok, cfg.critic_temperature,
                           cfg.critic_max_new_tokens)
     return ChatCritic(chat, cfg.max_prompt_chars)
-
-
-# -- command --------------------------------------------------------------------------------------------------------
-def main(argv: Sequence[str]) -> int:
-    """``agentgym train --algo apo [--key value]...``."""
-    from agentgym.config import parse_command
-
-    usage = ("usage: agentgym train --algo apo [--config FILE.yaml] [--key value]...\n\n"
-             "Automatic prompt optimization: beam search over the env's system prompt; a critic model reads\n"
-             "failed episodes and rewrites the prompt; candidates are scored on validation tasks. The best prompt\n"
-             "and every candidate's score go to RUN_DIR/apo.json.")
-    cfg = parse_command(APOConfig, list(argv), APO_ALIASES, usage, sweep=False)
-    if isinstance(cfg, int):
-        return cfg
-    try:
-        result = optimize_prompt(cfg)
-    except (TypeError, ValueError) as e:
-        print(f"agentgym train: error: {e}", file=sys.stderr)
-        return 2
-    print(f"done: {result.rounds} rounds, {len(result.history)} prompts scored; best score {result.best.score:.3f} "
-          f"(initial {result.initial.score:.3f}), success {result.best.success_rate:.3f}; "
-          f"best prompt in {Path(result.run_dir) / 'apo.json'}")
-    return 0
 
 
 __all__ = [

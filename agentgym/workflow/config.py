@@ -178,7 +178,7 @@ def parse_command(
 
     Returns the config, or an exit code after printing: ``0`` for ``--help`` (``usage``, then every option with its
     default and doc), ``2`` for a bad option or value (the error on stderr). With ``sweep``, a wandb sweep run's
-    values override the command line (:func:`agentgym.sweep.apply_wandb_config`); ``validate(cfg)`` may raise
+    values override the command line (:func:`agentgym.workflow.sweep.apply_wandb_config`); ``validate(cfg)`` may raise
     ``KeyError`` / ``ValueError`` to reject a config before anything heavy loads.
     """
     import sys

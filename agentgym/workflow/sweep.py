@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from agentgym.config import apply_wandb_config, parse_cli, wandb_sweep_values  # noqa: F401  (the wandb agent API)
+from agentgym.workflow.config import apply_wandb_config, parse_cli, wandb_sweep_values  # noqa: F401  (the wandb agent API)
 
 SWEEP_KEYS = (
     "program", "method", "metric", "parameters", "command", "name", "description", "run_cap", "early_terminate",
@@ -276,7 +276,7 @@ class RunResult:
 
 
 def _summarize(result: RunResult, metric: str, goal: str) -> RunResult:
-    from agentgym.plot import area_under_curve, load_run
+    from agentgym.training.plot import area_under_curve, load_run
 
     if not (Path(result.run_dir) / "metrics.jsonl").is_file():
         return result
@@ -301,7 +301,7 @@ def _summarize(result: RunResult, metric: str, goal: str) -> RunResult:
 
 def _config_value(config: dict[str, Any], name: str) -> tuple[bool, Any]:
     """A dotted train key (``lr``, ``env.high``, ``algo.kl_coef``) looked up in a run's saved config."""
-    from agentgym.trainer import CLI_ALIASES
+    from agentgym.training.trainer import CLI_ALIASES
 
     head, dot, rest = name.partition(".")
     if not dot:
@@ -316,11 +316,11 @@ def run_train(args: list[str], log_path: Path, in_process: bool = False) -> int:
     """Run ``agentgym train ARGS`` (a subprocess by default), output to ``log_path``; returns its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if in_process:
-        from agentgym.train_command import main
+        from agentgym.workflow.train_command import main
 
         return int(main(args) or 0)
     with log_path.open("w") as log:
-        proc = subprocess.run([sys.executable, "-m", "agentgym.cli", "train", *args], stdout=log,
+        proc = subprocess.run([sys.executable, "-m", "agentgym.workflow.cli", "train", *args], stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return proc.returncode
 
@@ -367,7 +367,7 @@ def run_sweep(
                   f"({result.wall_s:.1f} s)", flush=True)
     ok_dirs = [r.run_dir for r in results if (Path(r.run_dir) / "metrics.jsonl").is_file()]
     if ok_dirs:
-        from agentgym.plot import load_run, plot_runs
+        from agentgym.training.plot import load_run, plot_runs
 
         metrics = list(dict.fromkeys([spec.metric, "reward_mean", "success_rate"]))
         try:
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_train_args(spec: SweepSpec, points: Sequence[dict[str, Any]], extra: Sequence[str]) -> None:
     """Parse every run's arguments before the first run starts, so a typo fails in a second, not after a run."""
-    from agentgym.trainer import CLI_ALIASES, TrainConfig
+    from agentgym.training.trainer import CLI_ALIASES, TrainConfig
 
     for point in points:
         cfg = parse_cli(TrainConfig, [*spec.base_args, *point_args(point), *extra], CLI_ALIASES)

@@ -81,9 +81,9 @@ def _final_window(n: int) -> int:
 def run_one(setting: EnvSetting, env_name: str, algo: str, seed: int, base: dict[str, Any], out: Path,
             keep_checkpoints: bool = False) -> SuiteRun:
     """Train one (env, algo, seed) and summarise its success curve."""
-    from agentgym.config import apply_overrides
-    from agentgym.plot import area_under_curve, final_value
-    from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer
+    from agentgym.workflow.config import apply_overrides
+    from agentgym.training.plot import area_under_curve, final_value
+    from agentgym.training.trainer import CLI_ALIASES, TrainConfig, Trainer
 
     run_dir = out / "runs" / f"{env_name}-{algo}-s{seed}"
     if run_dir.exists():
@@ -172,7 +172,7 @@ def run_suite(
                 (out / "results.json").write_text(json.dumps(
                     {"settings": settings, "summary": rows, "runs": [dataclasses.asdict(r) for r in runs]},
                     indent=2, default=str))
-    from agentgym.plot import load_run, plot_runs
+    from agentgym.training.plot import load_run, plot_runs
 
     for env_name in envs:
         members = [load_run(r.run_dir) for r in runs if r.env == env_name]
@@ -254,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: --seeds must be at least 1", file=sys.stderr)
         return 2
     try:  # check every option before the first run starts
-        from agentgym.config import apply_overrides
-        from agentgym.trainer import CLI_ALIASES, TrainConfig
+        from agentgym.workflow.config import apply_overrides
+        from agentgym.training.trainer import CLI_ALIASES, TrainConfig
 
         for algo in algos:
             dataclasses.replace(apply_overrides(TrainConfig(), train, CLI_ALIASES), algo=algo).algo_config()

@@ -1,11 +1,11 @@
-"""The build step: a :class:`~agentgym.trainer.TrainConfig` becomes the parts a run is made of.
+"""The build step: a :class:`~agentgym.training.trainer.TrainConfig` becomes the parts a run is made of.
 
 Each function builds one part from the config and the parts before it, in this order::
 
     policy -> value head, reference copy, optimizer -> engine -> sampling params, context limit
            -> collector (local, or Ray workers) -> episode token budget
 
-:class:`~agentgym.trainer.Trainer` calls them and then only orders collect -> batch -> advantages -> update ->
+:class:`~agentgym.training.trainer.Trainer` calls them and then only orders collect -> batch -> advantages -> update ->
 push. Engines are chosen by name (``TrainConfig.engine``) from the registry of :mod:`agentgym.engines.registry`
 (``agentgym.engines.register_engine`` extends it); Ray rollout workers build theirs through the same registry.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from agentgym import engines
-from agentgym.collector import context_limit, env_factory
+from agentgym.rollout.collector import context_limit, env_factory
 
 __all__ = ["collector", "context_limit", "engine", "env_factory", "episode_tokens", "optimizer", "policy",
            "reference", "sampling_params", "value_head"]
@@ -27,8 +27,8 @@ __all__ = ["collector", "context_limit", "engine", "env_factory", "episode_token
 if TYPE_CHECKING:
     from agentgym.algos import AlgoConfig
     from agentgym.engines import SamplingParams
-    from agentgym.policy import ValueHead
-    from agentgym.trainer import TrainConfig
+    from agentgym.training.policy import ValueHead
+    from agentgym.training.trainer import TrainConfig
 
 
 # -- the policy and what trains with it ----------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def policy(cfg: TrainConfig, model: Any = None, tokenizer: Any = None) -> tuple[
                 f"share the engine); got lora_rank={cfg.lora_rank}, trainer_procs={cfg.trainer_procs}, "
                 f"rollout_workers={cfg.rollout_workers}"
             )
-        from agentgym.adapters import add_adapters
+        from agentgym.training.adapters import add_adapters
 
         model = add_adapters(model, cfg.lora_adapters, cfg.lora_rank, cfg.lora_alpha)
     elif cfg.lora_rank > 0:
@@ -62,7 +62,7 @@ def policy(cfg: TrainConfig, model: Any = None, tokenizer: Any = None) -> tuple[
 
 def value_head(algo: AlgoConfig, model: torch.nn.Module) -> ValueHead | None:
     """PPO's value head on the policy's last hidden state (None for algorithms without a critic)."""
-    from agentgym.policy import ValueHead, hidden_size
+    from agentgym.training.policy import ValueHead, hidden_size
 
     return ValueHead(hidden_size(model)) if algo.needs_values else None
 
@@ -113,15 +113,15 @@ def collector(cfg: TrainConfig, algo: AlgoConfig, engine: Any, params: SamplingP
               max_context_tokens: int, model: torch.nn.Module | None = None,
               weights: Callable[[], dict[str, torch.Tensor]] | None = None) -> Any:
     """Where a run's episodes come from: ``groups_per_iteration`` groups of ``algo.group_size`` episodes of
-    ``cfg.env`` per collection, rolled out by ``engine`` in this process (:class:`~agentgym.collector.Collector`),
-    or with ``cfg.rollout_workers`` > 0 on that many Ray actors (:class:`~agentgym.ray_rollout.RayCollector`: on
+    ``cfg.env`` per collection, rolled out by ``engine`` in this process (:class:`~agentgym.rollout.collector.Collector`),
+    or with ``cfg.rollout_workers`` > 0 on that many Ray actors (:class:`~agentgym.rollout.ray_workers.RayCollector`: on
     the main process only; they rebuild ``model``'s architecture with ``cfg.engine`` and start from ``weights()``).
     """
-    from agentgym import distributed
+    from agentgym.training import distributed
 
     if cfg.rollout_workers > 0 and distributed.is_main_process():
-        from agentgym.policy import policy_spec
-        from agentgym.ray_rollout import RayCollector, WorkerConfig
+        from agentgym.models import policy_spec
+        from agentgym.rollout.ray_workers import RayCollector, WorkerConfig
 
         if model is None or weights is None:
             raise ValueError("rollout_workers > 0 needs the policy model and its weights")
@@ -130,7 +130,7 @@ def collector(cfg: TrainConfig, algo: AlgoConfig, engine: Any, params: SamplingP
                               max_context_tokens=cfg.max_context_tokens, env_threads=cfg.env_threads,
                               engine=cfg.engine)
         return RayCollector(config, cfg.rollout_workers, cfg.groups_per_iteration, weights=weights())
-    from agentgym.collector import Collector
+    from agentgym.rollout.collector import Collector
 
     return Collector(env_factory(cfg.env, cfg.env_kwargs, tokenizer, engine, max_context_tokens), engine, params,
                      num_groups=cfg.groups_per_iteration, group_size=algo.group_size, num_threads=cfg.env_threads)

@@ -28,7 +28,7 @@ commands:
 
 
 def _train(argv: Sequence[str]) -> int:
-    from agentgym.train_command import main as train_main
+    from agentgym.workflow.train_command import main as train_main
 
     return train_main(argv)
 
@@ -46,7 +46,7 @@ def _envs(argv: Sequence[str]) -> int:
 
 def _algos(argv: Sequence[str]) -> int:
     from agentgym.algos import DESCRIPTIONS
-    from agentgym.train_command import BEYOND_RL_DESCRIPTIONS
+    from agentgym.workflow.train_command import BEYOND_RL_DESCRIPTIONS
 
     for name, text in {**DESCRIPTIONS, **BEYOND_RL_DESCRIPTIONS}.items():
         print(f"{name:22s} {text}")
@@ -92,31 +92,31 @@ def _fetch(argv: Sequence[str]) -> int:
 
 
 def _eval(argv: Sequence[str]) -> int:
-    from agentgym.evaluate import main as eval_main
+    from agentgym.workflow.evaluate import main as eval_main
 
     return eval_main(argv)
 
 
 def _inspect(argv: Sequence[str]) -> int:
-    from agentgym.inspection import main as inspect_main
+    from agentgym.workflow.inspection import main as inspect_main
 
     return inspect_main(argv)
 
 
 def _plot(argv: Sequence[str]) -> int:
-    from agentgym.plot import main as plot_main
+    from agentgym.training.plot import main as plot_main
 
     return plot_main(argv)
 
 
 def _sweep(argv: Sequence[str]) -> int:
-    from agentgym.sweep import main as sweep_main
+    from agentgym.workflow.sweep import main as sweep_main
 
     return sweep_main(argv)
 
 
 def _bench(argv: Sequence[str]) -> int:
-    from agentgym.suite import main as suite_main
+    from agentgym.workflow.suite import main as suite_main
 
     return suite_main(argv)
 

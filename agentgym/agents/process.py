@@ -1,20 +1,21 @@
 """Run agent programs in a child process that can be killed: :class:`AgentProcess`.
 
 An agent that hangs outside its LLM calls (a blocking tool, an endless loop) cannot be stopped in a thread; in a
-process it can. :class:`~agentgym.agent_env.AgentEnv` with ``isolation="process"`` keeps one worker process per
+process it can. :class:`~agentgym.agents.env.AgentEnv` with ``isolation="process"`` keeps one worker process per
 env and runs its episodes there one after another; a worker whose agent overstays is killed and the next episode
 starts a fresh one.
 
 The agent still reaches the policy over HTTP (``llm.base_url``, the episode's own URL), so only three things
-cross the pipe: the task and :class:`~agentgym.agent_env.LLM` going in (with the environment variables to set
+cross the pipe: the task and :class:`~agentgym.agents.env.LLM` going in (with the environment variables to set
 before the episode: ``OPENAI_BASE_URL`` and the like, see ``AgentEnv(openai_env=...)``),
-:func:`~agentgym.agent_env.emit_reward` values coming out (each acknowledged before the agent goes on, so a reward is
+:func:`~agentgym.agents.env.emit_reward` values coming out (each acknowledged before the agent goes on, so a reward is
 always recorded before the agent's next LLM call), and the agent's result or error at the end. Tasks and results
 must pickle; with the ``spawn`` or ``forkserver`` start method so must the agent (a module-level function).
 
 The worker leads a process group of its own, so a kill also ends the programs its tools started, and it kills that
 group itself when the process that started it dies. It is a daemon process: an agent may start subprocesses but
-not ``multiprocessing`` children of its own. A worker starts (imports included) before its first episode's clock
+not ``multiprocessing`` children of its own. A worker starts (imports included, ``openai`` among them: nearly every
+agent builds a client, and importing it takes most of a second on a small CPU) before its first episode's clock
 does.
 """
 
@@ -32,7 +33,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from agentgym.agent_context import _current_episode
+from agentgym.agents.context import _current_episode
 
 START_METHODS = ("spawn", "forkserver", "fork")
 _START_LOCK = threading.Lock()
@@ -84,6 +85,10 @@ def _worker_main(conn: Any, agent: Callable[..., Any], trainer_pid: int) -> None
         os.setsid()  # a process group of its own: a kill also takes the tools the agent started (subprocesses)
     threading.Thread(target=_orphan_watch, args=(trainer_pid,), daemon=True).start()
     lock = threading.Lock()
+    try:
+        import openai  # noqa: F401 - imported now, so that the agent's first ``llm.client()`` is not on its clock
+    except ImportError:
+        pass
     conn.send(("ready",))  # imports done: the episode clock may start
     while True:
         try:
@@ -184,7 +189,7 @@ class AgentProcess:
         self._listener.start()
 
     def run(self, episode: Any, task: Any, llm: Any, environ: dict[str, str] | None = None) -> None:
-        """Start ``episode`` (an :class:`agentgym.agent_env._Episode`) in the worker, with the environment
+        """Start ``episode`` (an :class:`agentgym.agents.env._Episode`) in the worker, with the environment
         variables ``environ`` set there first; its events arrive on ``episode.events`` as in a thread:
         ``("done", result)`` or ``("error", message)``."""
         if not self.alive():

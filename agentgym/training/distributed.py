@@ -42,8 +42,8 @@ from tensordict import TensorDict
 from torch import nn
 
 from agentgym.algos import AlgoConfig, LossNormalizer, sequence_ids
-from agentgym.policy import decoder_layers
-from agentgym.tracking import combine_metrics
+from agentgym.training.policy import decoder_layers
+from agentgym.training.tracking import combine_metrics
 
 STRATEGIES = ("ddp", "fsdp")
 """``ddp``: a full replica per process, gradients all-reduced. ``fsdp``: parameters, gradients and optimizer state
@@ -264,7 +264,7 @@ class _Policy(nn.Module):
 
 
 class _ParallelForward:
-    """What :func:`agentgym.policy.forward` calls: the wrapped root (so gradients synchronise), with the LM head
+    """What :func:`agentgym.training.policy.forward` calls: the wrapped root (so gradients synchronise), with the LM head
     of the underlying model (applied outside the model's forward)."""
 
     def __init__(self, wrapped: nn.Module, model: nn.Module):
@@ -334,7 +334,7 @@ class DataParallel:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized: use agentgym.distributed.setup(model) or "
+            raise RuntimeError("torch.distributed is not initialized: use agentgym.training.distributed.setup(model) or "
                                "start the processes with torchrun and call dist.init_process_group first")
         self.group = group
         self.rank = dist.get_rank(group)
@@ -369,7 +369,7 @@ class DataParallel:
             # The root stays gathered after forward: policy.forward applies the LM head outside the model's forward.
             self.wrapped = fully_shard(self.root, reshard_after_forward=False)
         self.module = _ParallelForward(self.wrapped, model)
-        """Pass this to :func:`agentgym.policy.forward` in place of the model: its backward synchronises gradients."""
+        """Pass this to :func:`agentgym.training.policy.forward` in place of the model: its backward synchronises gradients."""
 
     @property
     def is_main(self) -> bool:
@@ -449,14 +449,14 @@ def setup(model: nn.Module, value_head: nn.Module | None = None, *, world_size: 
 
     Under ``torchrun`` every process calls this with its own policy. Otherwise the calling process becomes rank 0
     and starts ``world_size - 1`` more on this machine; each rebuilds ``model``'s architecture with ``tokenizer``
-    and ``state_dict`` (:class:`~agentgym.policy.PolicySpec`), joins the group and runs
+    and ``state_dict`` (:class:`~agentgym.models.PolicySpec`), joins the group and runs
     ``entry(model, tokenizer, *entry_args)`` (a module-level function: it is pickled), which must call ``setup``
-    again, with the group now joined. The :class:`~agentgym.trainer.Trainer` passes a function that builds the same
+    again, with the group now joined. The :class:`~agentgym.training.trainer.Trainer` passes a function that builds the same
     Trainer and follows rank 0's iterations.
     """
     if strategy != "ddp":
         raise NotImplementedError(
-            "the Trainer runs DDP; FSDP is available to custom loops through agentgym.distributed.DataParallel "
+            "the Trainer runs DDP; FSDP is available to custom loops through agentgym.training.distributed.DataParallel "
             "(checkpoints and weight pushes of sharded parameters are not wired into the Trainer)")
     device = next(model.parameters()).device
     backend = backend_for(device)
@@ -473,7 +473,7 @@ def setup(model: nn.Module, value_head: nn.Module | None = None, *, world_size: 
         else:
             if entry is None or tokenizer is None or state_dict is None:
                 raise ValueError("starting trainer processes needs the tokenizer, the weights and an entry function")
-            from agentgym.policy import policy_spec
+            from agentgym.models import policy_spec
 
             spec = policy_spec(model, tokenizer, state_dict)
             children = _start_children(int(world_size), _child_main, (backend, spec, entry, entry_args), backend)

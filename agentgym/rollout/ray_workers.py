@@ -1,6 +1,6 @@
 """Rollouts on a Ray cluster: N actors, each with its own engine and envs, fed tasks of whole groups.
 
-:class:`RayCollector` has the :class:`~agentgym.collector.Collector` interface (``collect(seed) -> list[Episode]``)
+:class:`RayCollector` has the :class:`~agentgym.rollout.collector.Collector` interface (``collect(seed) -> list[Episode]``)
 plus ``load_weights(state_dict)``, so the trainer uses it unchanged (``--rollout_workers N``):
 
 * **tasks**: a collection of ``num_groups`` groups is split into tasks of ``groups_per_task`` consecutive groups;
@@ -14,7 +14,7 @@ plus ``load_weights(state_dict)``, so the trainer uses it unchanged (``--rollout
 * **faults**: a worker that dies is replaced by a new actor (with the current weights) and its unfinished tasks
   are requeued; results are keyed by task id, so a task is counted once even if it were delivered twice.
 
-Workers rebuild the policy from its transformers config and tokenizer (:class:`~agentgym.policy.PolicySpec`)
+Workers rebuild the policy from its transformers config and tokenizer (:class:`~agentgym.models.PolicySpec`)
 and get the weights through the object store, so they need no access to the trainer's model files.
 """
 
@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from agentgym.batch import Episode
-from agentgym.policy import PolicySpec
+from agentgym.rollout.batch import Episode
+from agentgym.models import PolicySpec
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class RolloutWorker:
 
     def __init__(self, config: WorkerConfig, weights: dict[str, torch.Tensor] | None = None, version: int = 0):
         from agentgym import engines
-        from agentgym.collector import Collector, context_limit, env_factory
+        from agentgym.rollout.collector import Collector, context_limit, env_factory
 
         torch.set_num_threads(max(1, config.threads))
         model, tokenizer = config.policy.build()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from agentgym.batch import Episode, Turn
+from agentgym.rollout.batch import Episode, Turn
 from agentgym.core import TokenEnv
 from agentgym.vector import TokenVectorEnv
 
 
 class Collector:
-    """Collects :class:`~agentgym.batch.Episode` groups from token envs with an engine.
+    """Collects :class:`~agentgym.rollout.batch.Episode` groups from token envs with an engine.
 
     Args:
         env_fn: builds one env (called ``num_groups * group_size`` times, once).

@@ -11,24 +11,13 @@ played inside the env; the policy map covers the LLM seats.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Mapping
 
-from agentgym.batch import Episode, Turn
+from agentgym.agents.context import trainable_filter
+from agentgym.rollout.batch import Episode, Turn
 
 PolicyOf = Callable[[Any, str], str]
 """``policy_of(env, agent) -> policy name``: e.g. by role, ``lambda env, a: env.roles[a]``."""
-
-
-def trainable_filter(spec: str | set[str] | None) -> Callable[[str], bool]:
-    """A predicate over policy names from a set of names or a regex (None: everything trains)."""
-    if spec is None:
-        return lambda name: True
-    if isinstance(spec, str):
-        pattern = re.compile(spec)
-        return lambda name: pattern.fullmatch(name) is not None
-    names = set(spec)
-    return lambda name: name in names
 
 
 class MultiAgentCollector:

@@ -56,7 +56,7 @@ class TurnView:
 
 @dataclass
 class EpisodeView:
-    """An episode record (see :func:`agentgym.batch.episode_record`) with its turns as token views."""
+    """An episode record (see :func:`agentgym.rollout.batch.episode_record`) with its turns as token views."""
 
     iteration: int
     episode_id: int

@@ -39,8 +39,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from agentgym.agent_context import _current_agent, _current_episode, agent_name, emit_reward  # noqa: F401 (public here)
-from agentgym.agent_process import AgentProcess, call_agent
+from agentgym.agents.context import (  # noqa: F401 (agent_name, emit_reward: public here too)
+    _current_agent,
+    _current_episode,
+    agent_name,
+    emit_reward,
+    trainable_filter,
+)
+from agentgym.agents.process import AgentProcess, call_agent
 from agentgym.core import TokenEnv
 
 AGENT_HEADER = "X-Agent-Name"
@@ -186,7 +192,7 @@ class AgentEnv(TokenEnv):
         served_model: the model name the endpoint serves.
         isolation: ``"thread"`` (the agent runs in a thread of this process: no pickling, but an agent that hangs
             outside its LLM calls cannot be stopped and its thread outlives the episode) or ``"process"`` (a
-            worker process per env, see :mod:`agentgym.agent_process`: an agent that overstays ``timeout_s`` is
+            worker process per env, see :mod:`agentgym.agents.process`: an agent that overstays ``timeout_s`` is
             killed with the programs it started; tasks and results must pickle).
         start_method: how the worker process starts with ``isolation="process"``: ``spawn`` (default; the agent
             must pickle, i.e. be a module-level function), ``forkserver`` or ``fork``.
@@ -219,8 +225,6 @@ class AgentEnv(TokenEnv):
         stop_grace_s: float = 5.0,
         openai_env: bool | None = None,
     ):
-        from agentgym.multi_agent import trainable_filter  # imported here: agent processes need no torch
-
         super().__init__(len(tokenizer), max_context_tokens=max_context_tokens, tokenizer=tokenizer)
         self.agent, self.tasks, self.engine = agent, tasks, engine
         self.is_trained = trainable_filter(train_agents)

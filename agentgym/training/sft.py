@@ -38,7 +38,6 @@ import json
 import math
 import os
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,9 +50,9 @@ from tensordict import TensorDict
 from agentgym.algos.aggregation import loss_normalizer, sequence_keys
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.sft import SelectionConfig, select_episodes, sft_loss
-from agentgym.batch import Episode, Turn, to_batch
-from agentgym.policy import forward
-from agentgym.trainer import CLI_ALIASES, TrainConfig, Trainer, episode_metrics
+from agentgym.rollout.batch import Episode, Turn, to_batch
+from agentgym.training.policy import forward
+from agentgym.training.trainer import TrainConfig, Trainer, episode_metrics
 
 SFT_ALGO_KEYS = ("loss_agg",)
 """The AlgoConfig fields SFT reads (``--algo.loss_agg``)."""
@@ -102,7 +101,7 @@ class SFTConfig(TrainConfig):
 
 # -- trajectory files -----------------------------------------------------------------------------------------------
 def episode_from_record(record: dict[str, Any]) -> Episode:
-    """An :class:`~agentgym.batch.Episode` from an episode record (see :func:`agentgym.batch.episode_record`)."""
+    """An :class:`~agentgym.rollout.batch.Episode` from an episode record (see :func:`agentgym.rollout.batch.episode_record`)."""
     turns = []
     for k, t in enumerate(record["turns"]):
         action = [int(i) for i in t["action_ids"]]
@@ -132,7 +131,7 @@ def episode_from_messages(
     success: bool | None = None,
     tools: list[dict] | None = None,
 ) -> Episode:
-    """A conversation as an :class:`~agentgym.batch.Episode`, through ``tokenizer``'s chat template.
+    """A conversation as an :class:`~agentgym.rollout.batch.Episode`, through ``tokenizer``'s chat template.
 
     Each assistant message becomes a turn: its context is the template's prompt for the messages before it
     (generation prompt included), its action the template's rendering of the reply up to and including the first
@@ -214,7 +213,7 @@ def load_trajectories(path: str | Path, tokenizer: Any = None) -> list[Episode]:
 class SFTTrainer(Trainer):
     """Fine-tunes a policy on its best episodes (rejection sampling) or on a file of trajectories.
 
-    Same arguments as :class:`~agentgym.trainer.Trainer`; ``cfg`` is an :class:`SFTConfig`. ``train()``, ``save()``,
+    Same arguments as :class:`~agentgym.training.trainer.Trainer`; ``cfg`` is an :class:`SFTConfig`. ``train()``, ``save()``,
     ``export()`` and resuming work as for RL; each iteration's metrics add ``kept_episodes``, ``kept_frac`` and the
     ``sft/*`` loss metrics.
     """
@@ -315,47 +314,10 @@ def _trim(micro: TensorDict) -> TensorDict:
     return TensorDict({k: micro[k][:, :length] for k in keys}, batch_size=micro.batch_size)
 
 
-# -- command --------------------------------------------------------------------------------------------------------
-def main(argv: Sequence[str]) -> int:
-    """``agentgym train --algo sft [--data FILE.jsonl] [--key value]...``."""
-    from agentgym.config import parse_command
-
-    usage = ("usage: agentgym train --algo sft [--data FILE.jsonl] [--config FILE.yaml] [--key value]...\n\n"
-             "Supervised fine-tuning on the policy's tokens: rejection sampling from the env (collect, keep the\n"
-             "best, fine-tune) or the trajectories of a JSONL file (episode records or chat messages).")
-
-    def validate(c: SFTConfig) -> None:
-        c.algo_config()
-        c.selection()
-
-    cfg = parse_command(SFTConfig, list(argv), CLI_ALIASES, usage, validate=validate)
-    if isinstance(cfg, int):
-        return cfg
-    try:
-        trainer = SFTTrainer(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"agentgym train: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        history = trainer.train()
-    finally:
-        trainer.close()
-    if history:
-        last = history[-1]
-        parts = [f"done: {len(history)} iterations", f"kept {int(last.get('kept_episodes', 0))} episodes"]
-        if math.isfinite(last.get("success_rate", math.nan)):
-            parts.append(f"success {last['success_rate']:.3f}")
-        if "sft/nll" in last:
-            parts.append(f"nll {last['sft/nll']:.3f}")
-        print(", ".join(parts) + f"; run dir {trainer.run_dir}")
-    return 0
-
-
 __all__ = [
     "SFTConfig",
     "SFTTrainer",
     "episode_from_messages",
     "episode_from_record",
     "load_trajectories",
-    "main",
 ]
