@@ -156,3 +156,24 @@ def test_every_module_has_a_stage_and_imports_only_downwards():
               if t != "agentgym" and layer_of(t) > layer_of(m)]
     assert upward == []
     assert layer_of("agentgym.engines.server.routes") == 3 and layer_of("agentgym.engines.registry") == 2
+
+
+def test_every_package_is_installed_by_pyproject():
+    """A wheel (``pip install .``, not ``-e``) holds only the packages pyproject.toml lists: every directory with an
+    ``__init__.py`` must be one of them, or the installed library fails to import it."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    to_dir = {name: Path(d) for name, d in setuptools["package-dir"].items()}
+
+    def directory(package):
+        parts = package.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in to_dir:
+                return to_dir[".".join(parts[:n])].joinpath(*parts[n:])
+        raise AssertionError(f"{package} has no package-dir")
+
+    listed = {directory(p) for p in setuptools["packages"]}
+    found = {init.parent.relative_to(ROOT) for top in set(to_dir.values()) for init in (ROOT / top).rglob("__init__.py")}
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(map(str, found - listed))}"
+    assert listed - found == set(), f"pyproject.toml lists packages that do not exist: {sorted(map(str, listed - found))}"
