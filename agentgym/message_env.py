@@ -2,11 +2,13 @@
 
 Authors subclass :class:`MessageEnv` and think in messages; :class:`ChatTokenEnv` turns one into a
 :class:`~agentgym.core.TokenEnv` through a tokenizer's chat template, incrementally (see :mod:`agentgym.chat`).
+:class:`SystemPromptEnv` sets the system prompt of any message env (prompt optimization searches over it).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -93,3 +95,45 @@ class ChatTokenEnv(TokenEnv):
     def close(self) -> None:
         self.env.close()
         super().close()
+
+
+def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:
+    """``messages`` with the leading system message replaced by ``system_prompt`` (inserted when there is none,
+    removed when ``system_prompt`` is None)."""
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out = out[1:]
+    if system_prompt is not None:
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+class SystemPromptEnv(MessageEnv):
+    """A :class:`~agentgym.message_env.MessageEnv` whose opening system message is ``system_prompt``.
+
+    ``system_prompt`` may be changed between episodes (it applies from the next ``reset``). Attributes the wrapper
+    does not define (``max_turns``, ...) are read from the wrapped env.
+
+    Args:
+        env: the message env to wrap.
+        system_prompt: the system message's content; None removes the env's system message.
+    """
+
+    def __init__(self, env: MessageEnv, system_prompt: str | None):
+        self.env = env
+        self.system_prompt = system_prompt
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[list[Message], dict]:
+        messages, info = self.env.reset(seed=seed, options=options)
+        return with_system_prompt(messages, self.system_prompt), info
+
+    def step(self, text: str) -> tuple[list[Message], float, bool, bool, dict]:
+        return self.env.step(text)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "env" or name.startswith("__"):  # not set yet (during unpickling or __init__)
+            raise AttributeError(name)
+        return getattr(self.env, name)

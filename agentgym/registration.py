@@ -112,7 +112,9 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     - ``tokenizer``: a transformers tokenizer with a chat template (default: the embedded model's tokenizer when it
       is in the cache; ``make`` never fetches it, ``agentgym fetch`` or the first ``agentgym train`` does);
     - ``max_context_tokens``: the context limit (default 4096);
-    - ``tools``: tool schemas for the chat template.
+    - ``tools``: tool schemas for the chat template;
+    - ``message_wrapper``: a callable applied to the MessageEnv before it is tokenized (e.g.
+      ``lambda env: SystemPromptEnv(env, "...")``); the result is the wrapper's ``unwrapped_env``.
 
     A TokenEnv that declares ``tokenizer`` or ``max_context_tokens`` in its signature receives them itself;
     ``engine`` (offered by trainers, for envs that answer some calls themselves) reaches only envs that declare it.
@@ -124,13 +126,19 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     factory = _load(env_spec.entry_point)
     named = _named_params(factory)
     wrapper_kwargs = {
-        k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools") if k in merged and k not in named
+        k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools", "message_wrapper")
+        if k in merged and k not in named
     }
     for k in _CONTEXT_KEYS:  # offered by trainers; taken only by envs that declare them
         if k in merged and k not in named:
             merged.pop(k)
     env = factory(**merged)
     if isinstance(env, MessageEnv):
+        message_wrapper = wrapper_kwargs.pop("message_wrapper", None)
+        if message_wrapper is not None:
+            env = message_wrapper(env)
+            if not isinstance(env, MessageEnv):
+                raise TypeError(f"message_wrapper returned a {type(env).__name__}, not a MessageEnv")
         tokenizer = wrapper_kwargs.pop("tokenizer", None)
         if tokenizer is None:
             tokenizer = _cached_default_tokenizer(id)

@@ -7,19 +7,9 @@ import httpx
 import pytest
 
 import agentgym
-from agentgym.training.apo import (
-    APOConfig,
-    ChatCritic,
-    EngineChat,
-    OpenAIChat,
-    SystemPromptEnv,
-    critic_messages,
-    env_system_prompt,
-    make_prompted_env,
-    optimize_prompt,
-    parse_proposal,
-    with_system_prompt,
-)
+from agentgym.message_env import SystemPromptEnv, with_system_prompt
+from agentgym.training.apo import APOConfig, env_system_prompt, make_prompted_env, optimize_prompt
+from agentgym.training.critics import ChatCritic, EngineChat, OpenAIChat, critic_messages, parse_proposal
 from agentgym.engines import Completion
 from agentgym.message_env import MessageEnv
 from agentgym.tiny import make_tiny_policy

@@ -58,8 +58,22 @@ def test_token_env_rejects_wrapper_kwargs():
         assert agentgym.make("test/Count-v0").vocab_size == 10
         with pytest.raises(TypeError, match="takes no \\['tokenizer'\\]"):
             agentgym.make("test/Count-v0", tokenizer=object())
+        with pytest.raises(TypeError, match="takes no \\['message_wrapper'\\]"):
+            agentgym.make("test/Count-v0", message_wrapper=lambda env: env)
     finally:
         del registry["test/Count-v0"]
+
+
+def test_message_wrapper_wraps_the_message_env_before_tokenization(tiny_tokenizer):
+    from agentgym.message_env import SystemPromptEnv
+
+    kwargs = {"tokenizer": tiny_tokenizer, "system_prompt": None}
+    env = agentgym.make("agentgym/GuessNumber-v0", message_wrapper=lambda e: SystemPromptEnv(e, "Be brief."), **kwargs)
+    _, info = env.reset(seed=0)
+    assert isinstance(env.unwrapped_env, SystemPromptEnv)
+    assert info["messages"][0] == {"role": "system", "content": "Be brief."}
+    with pytest.raises(TypeError, match="message_wrapper returned a str, not a MessageEnv"):
+        agentgym.make("agentgym/GuessNumber-v0", message_wrapper=lambda e: "oops", **kwargs)
 
 
 def test_make_without_a_tokenizer_never_fetches_the_embedded_model(tmp_path, monkeypatch):
