@@ -129,7 +129,8 @@ def run_method(method: str, plan: dict[str, Any], seed: int, budget_s: float, ep
         finally:
             trainer.close()
     elif method == "grpo":
-        from agentgym.training.trainer import TrainConfig, Trainer
+        from agentgym.training.trainer import Trainer
+        from agentgym.training.train_config import TrainConfig
 
         trainer = Trainer(TrainConfig(**common, algo="grpo", **plan["grpo"], progress=False, export=False,
                                       save_episodes=0), model=model, tokenizer=tok)

@@ -101,7 +101,8 @@ def with_ray(args, workers: int) -> dict:
 
 def trainer_update(args) -> float:
     """Seconds of one trainer iteration's scoring and update on a collection-sized batch (this process)."""
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     torch.set_num_threads(args.threads)
     model, tok = _policy(args)

@@ -95,7 +95,7 @@ def _bytes(tensors) -> int:
 
 
 def config(setting: str, iterations: int, run_dir: str, overrides: dict):
-    from agentgym.training.trainer import TrainConfig
+    from agentgym.training.train_config import TrainConfig
 
     if setting == "main":  # `agentgym train` with every default
         cfg = TrainConfig(iterations=iterations, run_dir=run_dir, wandb=False, progress=False, export=False)

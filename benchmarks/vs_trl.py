@@ -66,7 +66,7 @@ def our_config(steps: int, model_dir: str, run_dir: str, always_step: bool = Fal
     """
     import agentgym
     from agentgym.message_env import MessageEnv
-    from agentgym.training.trainer import TrainConfig
+    from agentgym.training.train_config import TrainConfig
 
     data = prompts()
 

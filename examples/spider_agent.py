@@ -37,7 +37,8 @@ from agentgym.envs.spider_sql import (
     serialize_schema,
     suite_db_paths,
 )
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 WRITER, CHECKER = "writer", "checker"
 

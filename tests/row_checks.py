@@ -82,7 +82,8 @@ def train_agent(agent, tasks, *, seed: int = 5, train_agents=None, **env_kwargs)
     from agentgym.agents.env import AgentEnv
     from agentgym.rollout.collector import Collector
     from agentgym.tiny import make_tiny_policy
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     model, tok = make_tiny_policy(seed=seed)
     run_dir = tempfile.mkdtemp(prefix="agentgym-agent-")

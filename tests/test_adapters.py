@@ -8,7 +8,8 @@ from agentgym.envs.werewolf.agents import HeuristicAgent
 from agentgym.envs.werewolf.env import WerewolfEnv
 from agentgym.rollout.multi_agent import MultiAgentCollector
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ADAPTERS = ["wolf", "seer"]
 

@@ -247,7 +247,8 @@ def test_trainer_trains_a_bare_openai_agent_on_the_engines_samples(tmp_path, iso
     sampled, and each agent received exactly its own episode's samples."""
 
     from agentgym.tiny import make_tiny_policy
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     model, tok = make_tiny_policy(seed=7)
     name = f"test/BareAgent-{isolation}-v0"

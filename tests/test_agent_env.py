@@ -154,7 +154,8 @@ def test_trainer_trains_an_openai_sdk_agent(tmp_path, tiny_policy, isolation):
     the engine's samples."""
     from agentgym.rollout.batch import to_batch
     from agentgym.tiny import make_tiny_policy
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     model, tok = make_tiny_policy(seed=3)
     tasks = [{"a": a, "b": b} for a in range(3) for b in range(3)]

@@ -17,7 +17,8 @@ from agentgym.engines import TransformersEngine, register_engine
 from agentgym.engines.registry import ENGINES
 from agentgym.message_env import MessageEnv
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"

@@ -1,7 +1,7 @@
 import pytest
 
 from agentgym.workflow.config import help_text, parse_cli
-from agentgym.training.trainer import CLI_ALIASES, TrainConfig
+from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
 
 def test_overrides_types_and_aliases(tmp_path):

@@ -12,7 +12,8 @@ from agentgym.rollout.batch import Episode, Turn, to_batch
 from agentgym.training.distributed import run_processes, shard_rows
 from agentgym.training.policy import forward
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ENV = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 

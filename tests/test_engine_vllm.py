@@ -146,7 +146,7 @@ def test_engine_glue_against_a_stand_in(stand_in_vllm, tmp_path):
 
 def test_vllm_engine_config_is_checked_before_loading():
     from agentgym.training import build
-    from agentgym.training.trainer import TrainConfig
+    from agentgym.training.train_config import TrainConfig
 
     with pytest.raises(ValueError, match="engine must be one of transformers, vllm"):
         TrainConfig(engine="vlm").check()
@@ -309,7 +309,8 @@ def test_vllm_trains_and_takes_the_new_weights(tmp_path, monkeypatch):
     """One GRPO step with engine vllm: the rows trained are the ids vLLM sampled, the step-0 ratio is 1, and after
     the step vLLM's logprobs of a fixed completion have moved to the trainer's."""
     from agentgym.training.policy import forward
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
     from tests.row_checks import assert_rows_are_the_episodes, recording
 
     torch.manual_seed(0)

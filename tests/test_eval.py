@@ -15,7 +15,8 @@ ENV_KWARGS = {"low": 1, "high": 3, "max_turns": 2, "system_prompt": None}
 
 
 def _train(tmp_path, **overrides):
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     # A penalty for replies without a number makes rewards differ within a group, so the weights move.
     cfg = TrainConfig(model="tiny", env=ENV, env_kwargs={**ENV_KWARGS, "invalid_penalty": 1.0}, max_new_tokens=1, groups_per_iteration=2,

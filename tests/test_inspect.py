@@ -110,7 +110,8 @@ def test_command_errors_say_what_to_do(tmp_path, capsys):
 
 def test_inspect_a_trained_run(tmp_path, capsys):
     """A real run of the trainer: the saved episodes show every sampled token as trained, with its logprob."""
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     cfg = TrainConfig(
         model="tiny", env="agentgym/GuessNumber-v0",

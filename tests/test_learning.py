@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ENV = {"low": 1, "high": 2, "max_turns": 2, "system_prompt": None}
 

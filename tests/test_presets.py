@@ -130,7 +130,7 @@ def test_cli_output_into_a_closed_pipe_stops_quietly():
 
 
 def test_each_preset_keeps_its_group_size_unless_the_run_sets_one():
-    from agentgym.training.trainer import TrainConfig
+    from agentgym.training.train_config import TrainConfig
 
     assert TrainConfig(algo="ppo").algo_config().group_size == 1
     assert TrainConfig(algo="reinforce_pp").algo_config().group_size == 1

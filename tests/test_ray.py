@@ -192,7 +192,8 @@ class TestSharedWorkers:
 
 @pytest.mark.slow
 def test_training_with_ray_workers_and_two_trainer_processes_survives_a_kill(cluster, tmp_path):
-    from agentgym.training.trainer import TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import TrainConfig
 
     model, tok = make_tiny_policy(seed=0)
     cfg = TrainConfig(env="agentgym/GuessNumber-v0", env_kwargs=ENV, algo="grpo", algo_kwargs={"entropy_coef": 0.01},

@@ -17,7 +17,8 @@ from agentgym.engines import SamplingParams
 from agentgym.engines.base import truncated_log_softmax
 from agentgym.engines.transformers_engine import _sample
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 from tests.test_advantages import Row, make_batch, policy_values
 
 ENV = {"low": 1, "high": 9, "max_turns": 3, "system_prompt": None}

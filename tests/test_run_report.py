@@ -13,7 +13,8 @@ import pytest
 from agentgym.workflow.train_command import end_summary
 from agentgym.rollout.evaluation import evaluate_policy
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ENV = {"low": 1, "high": 2, "max_turns": 2, "system_prompt": None}
 

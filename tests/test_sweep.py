@@ -10,7 +10,7 @@ from agentgym.workflow.config import parse_cli
 from agentgym.workflow.sweep import (
     apply_wandb_config, format_value, load_sweep, main, point_args, run_sweep, sweep_points, wandb_sweep_values,
 )
-from agentgym.training.trainer import CLI_ALIASES, TrainConfig
+from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = ROOT / "benchmarks" / "sweep_grpo.yaml"

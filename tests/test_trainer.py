@@ -8,7 +8,8 @@ import torch
 
 from agentgym.rollout.batch import to_batch
 from agentgym.tiny import make_tiny_policy
-from agentgym.training.trainer import TrainConfig, Trainer
+from agentgym.training.trainer import Trainer
+from agentgym.training.train_config import TrainConfig
 
 ENV = {"low": 1, "high": 9, "max_turns": 3, "system_prompt": None}
 

@@ -1,4 +1,4 @@
-"""The build step: a :class:`~agentgym.training.trainer.TrainConfig` becomes the parts a run is made of.
+"""The build step: a :class:`~agentgym.training.train_config.TrainConfig` becomes the parts a run is made of.
 
 Each function builds one part from the config and the parts before it, in this order::
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from agentgym.algos import AlgoConfig
     from agentgym.engines import SamplingParams
     from agentgym.training.policy import ValueHead
-    from agentgym.training.trainer import TrainConfig
+    from agentgym.training.train_config import TrainConfig
 
 
 # -- the policy and what trains with it ----------------------------------------------------------------------------

@@ -52,7 +52,8 @@ from agentgym.algos.config import AlgoConfig
 from agentgym.algos.sft import SelectionConfig, select_episodes, sft_loss
 from agentgym.rollout.batch import Episode, Turn, to_batch
 from agentgym.training.policy import forward
-from agentgym.training.trainer import TrainConfig, Trainer, episode_metrics
+from agentgym.training.trainer import Trainer, episode_metrics
+from agentgym.training.train_config import TrainConfig
 
 SFT_ALGO_KEYS = ("loss_agg",)
 """The AlgoConfig fields SFT reads (``--algo.loss_agg``)."""

@@ -83,7 +83,8 @@ def run_one(setting: EnvSetting, env_name: str, algo: str, seed: int, base: dict
     """Train one (env, algo, seed) and summarise its success curve."""
     from agentgym.workflow.config import apply_overrides
     from agentgym.training.plot import area_under_curve, final_value
-    from agentgym.training.trainer import CLI_ALIASES, TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
     run_dir = out / "runs" / f"{env_name}-{algo}-s{seed}"
     if run_dir.exists():
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:  # check every option before the first run starts
         from agentgym.workflow.config import apply_overrides
-        from agentgym.training.trainer import CLI_ALIASES, TrainConfig
+        from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
         for algo in algos:
             dataclasses.replace(apply_overrides(TrainConfig(), train, CLI_ALIASES), algo=algo).algo_config()

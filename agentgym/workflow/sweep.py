@@ -301,7 +301,7 @@ def _summarize(result: RunResult, metric: str, goal: str) -> RunResult:
 
 def _config_value(config: dict[str, Any], name: str) -> tuple[bool, Any]:
     """A dotted train key (``lr``, ``env.high``, ``algo.kl_coef``) looked up in a run's saved config."""
-    from agentgym.training.trainer import CLI_ALIASES
+    from agentgym.training.train_config import CLI_ALIASES
 
     head, dot, rest = name.partition(".")
     if not dot:
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_train_args(spec: SweepSpec, points: Sequence[dict[str, Any]], extra: Sequence[str]) -> None:
     """Parse every run's arguments before the first run starts, so a typo fails in a second, not after a run."""
-    from agentgym.training.trainer import CLI_ALIASES, TrainConfig
+    from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
     for point in points:
         cfg = parse_cli(TrainConfig, [*spec.base_args, *point_args(point), *extra], CLI_ALIASES)

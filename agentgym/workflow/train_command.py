@@ -49,7 +49,8 @@ def _algo_name(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str]) -> int:
     """``agentgym train ARGV``: a named RL algorithm through the Trainer, or ``--algo sft`` / ``--algo apo``."""
     from agentgym.workflow.config import parse_command
-    from agentgym.training.trainer import CLI_ALIASES, TrainConfig, Trainer
+    from agentgym.training.trainer import Trainer
+    from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
     algo = _algo_name(argv)
     if algo == "sft":
@@ -94,7 +95,7 @@ def end_summary(report: dict, history: Sequence[dict]) -> str:
 def sft_main(argv: Sequence[str]) -> int:
     """``agentgym train --algo sft [--data FILE.jsonl] [--key value]...``."""
     from agentgym.training.sft import SFTConfig, SFTTrainer
-    from agentgym.training.trainer import CLI_ALIASES
+    from agentgym.training.train_config import CLI_ALIASES
     from agentgym.workflow.config import parse_command
 
     usage = ("usage: agentgym train --algo sft [--data FILE.jsonl] [--config FILE.yaml] [--key value]...\n\n"
