@@ -78,6 +78,8 @@ def _load(entry_point: str | Callable[..., Any]) -> Callable[..., Any]:
 
 
 _CONTEXT_KEYS = ("engine",)
+_WRAPPER_KEYS = ("tokenizer", "max_context_tokens", "tools", "message_wrapper")
+"""Keyword arguments of :func:`make` for the ChatTokenEnv wrapper of a MessageEnv."""
 
 
 def _named_params(factory: Callable[..., Any]) -> set[str]:
@@ -87,6 +89,27 @@ def _named_params(factory: Callable[..., Any]) -> set[str]:
     except (TypeError, ValueError):
         return set()
     return {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_kwargs(id: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming the keys of ``kwargs`` that the env registered as ``id`` does not take (with the
+    closest ones it does), before anything is built. An env whose factory takes ``**kwargs`` accepts any key."""
+    factory = _load(spec(id).entry_point)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    takes = _named_params(factory)
+    allowed = takes | set(_CONTEXT_KEYS) | set(_WRAPPER_KEYS)
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(takes), n=2, cutoff=0.5)
+            hints.append(f"{k!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        raise TypeError(f"{id} takes no argument {', '.join(hints)}; it takes: {', '.join(sorted(takes)) or 'none'}")
 
 
 def declared(id: str, name: str, kwargs: dict[str, Any] | None = None) -> Any:
@@ -126,12 +149,12 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     factory = _load(env_spec.entry_point)
     named = _named_params(factory)
     wrapper_kwargs = {
-        k: merged.pop(k) for k in ("tokenizer", "max_context_tokens", "tools", "message_wrapper")
-        if k in merged and k not in named
+        k: merged.pop(k) for k in _WRAPPER_KEYS if k in merged and k not in named
     }
     for k in _CONTEXT_KEYS:  # offered by trainers; taken only by envs that declare them
         if k in merged and k not in named:
             merged.pop(k)
+    check_kwargs(id, merged)
     env = factory(**merged)
     if isinstance(env, MessageEnv):
         message_wrapper = wrapper_kwargs.pop("message_wrapper", None)

@@ -32,3 +32,17 @@ def test_help_lists_every_field_with_default():
 
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in text
+
+
+def test_env_arguments_are_checked_before_a_model_loads(capsys):
+    from agentgym.workflow.cli import main
+
+    # The default env (Addition) has no range: `--env.high` belongs to GuessNumber. A typo gets the closest names.
+    assert main(["train", "--env.high", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "agentgym/Addition-v0 takes no argument 'high'; it takes: allow_tool, answer_format" in err
+    assert main(["train", "--env.max_turn", "3"]) == 2
+    assert "takes no argument 'max_turn' (did you mean 'max_turns'" in capsys.readouterr().err
+    assert main(["train", "--env", "agentgym/Adition-v0"]) == 2
+    assert "Did you mean 'agentgym/Addition-v0'" in capsys.readouterr().err
+    TrainConfig(env="agentgym/GuessNumber-v0", env_kwargs={"high": 10}).check()  # where it belongs, it passes

@@ -64,6 +64,11 @@ def test_token_env_rejects_wrapper_kwargs():
         del registry["test/Count-v0"]
 
 
+def test_make_names_an_argument_the_env_does_not_take(tiny_tokenizer):
+    with pytest.raises(TypeError, match="agentgym/GuessNumber-v0 takes no argument 'hihg' \\(did you mean 'high'\\?\\)"):
+        agentgym.make("agentgym/GuessNumber-v0", tokenizer=tiny_tokenizer, hihg=3)
+
+
 def test_message_wrapper_wraps_the_message_env_before_tokenization(tiny_tokenizer):
     from agentgym.message_env import SystemPromptEnv
 

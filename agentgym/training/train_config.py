@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentgym import algos
+from agentgym import algos, registration
 from agentgym.engines import engine_names
 
 
@@ -117,6 +117,10 @@ class TrainConfig:
     def check(self) -> None:
         """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads."""
         self.algo_config()
+        try:  # an unknown env (KeyError), or an argument it does not take
+            registration.check_kwargs(self.env, self.env_kwargs)
+        except TypeError as e:
+            raise ValueError(str(e)) from e
         if self.engine not in engine_names():
             raise ValueError(f"engine must be one of {', '.join(engine_names())}, got {self.engine!r} "
                              "(agentgym.engines.register_engine adds one)")
