@@ -46,3 +46,19 @@ def test_env_arguments_are_checked_before_a_model_loads(capsys):
     assert main(["train", "--env", "agentgym/Adition-v0"]) == 2
     assert "Did you mean 'agentgym/Addition-v0'" in capsys.readouterr().err
     TrainConfig(env="agentgym/GuessNumber-v0", env_kwargs={"high": 10}).check()  # where it belongs, it passes
+
+
+def test_every_command_takes_both_spellings_of_an_option():
+    from agentgym.workflow.evaluate import build_parser
+
+    # train's options are its fields (snake case); the kebab-case spelling is the same option
+    assert parse_cli(TrainConfig, ["--max-new-tokens", "7", "--env.max-turns=3"], CLI_ALIASES) == parse_cli(
+        TrainConfig, ["--max_new_tokens", "7", "--env.max_turns=3"], CLI_ALIASES)
+    # the argparse commands' options are kebab case; the snake-case spelling is the same option
+    p = build_parser()
+    snake = p.parse_args(["--max_new_tokens", "9", "--top_k=5", "--model", "m_dir"])
+    assert snake == p.parse_args(["--max-new-tokens", "9", "--top-k=5", "--model", "m_dir"])
+    assert snake.max_new_tokens == 9 and snake.top_k == 5 and snake.model == "m_dir"  # values are left alone
+    assert p.kebab_case(["--top_k", "5", "--", "--max_new_tokens"]) == ["--top-k", "5", "--", "--max_new_tokens"]
+    with pytest.raises(SystemExit):  # a name that is no option in either spelling is still an error
+        p.parse_args(["--max_new_tokenz", "9"])

@@ -126,7 +126,7 @@ def test_no_import_cycles():
 
 LAYERS = [
     ("env API and models", ["agentgym.core", "agentgym.message_env", "agentgym.chat", "agentgym.registration",
-                            "agentgym.vector", "agentgym.models", "agentgym.tiny"]),
+                            "agentgym.vector", "agentgym.models", "agentgym.tiny", "agentgym.options"]),
     ("algorithms", ["agentgym.algos"]),
     ("inference", ["agentgym.engines"]),
     ("serving", ["agentgym.engines.server"]),

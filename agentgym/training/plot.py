@@ -7,6 +7,8 @@ deviation (or min..max) shaded around it. Curves are labelled by the config keys
 from __future__ import annotations
 
 import argparse
+
+from agentgym.options import ArgumentParser
 import json
 import sys
 from dataclasses import dataclass, field
@@ -240,7 +242,7 @@ def plot_runs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="agentgym plot",
         description="Draw learning curves (PNG) from the metrics.jsonl of one or more runs. Runs with the same "
         "config except the seed are averaged into one curve with the seeds' spread shaded.",

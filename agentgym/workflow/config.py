@@ -128,6 +128,7 @@ def parse_cli(cls: type, argv: Sequence[str], aliases: dict[str, str] | None = N
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}: options look like --key value")
         key, eq, value = arg[2:].partition("=")
+        key = key.replace("-", "_")  # --max-new-tokens is --max_new_tokens (agentgym.options)
         if not eq:
             if i + 1 >= len(args) or (args[i + 1].startswith("--") and not _is_number(args[i + 1])):
                 value = "true"  # a bare flag

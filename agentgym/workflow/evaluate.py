@@ -8,6 +8,8 @@ directory, the env, its arguments and the sampling settings default to the run's
 from __future__ import annotations
 
 import argparse
+
+from agentgym.options import ArgumentParser
 import json
 import sys
 import time
@@ -76,7 +78,7 @@ _FROM_RUN = ("env", "temperature", "top_p", "top_k", "max_new_tokens", "max_cont
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="agentgym eval",
         description="Success rate of a policy on an env, one episode per task. Env arguments: --env.KEY VALUE "
         "(e.g. --env.high 10). Settings not given default to those of the run the policy came from, else to "

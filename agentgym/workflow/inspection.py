@@ -10,6 +10,8 @@ the token on which the turn's reward landed (the turn's last sampled token, as i
 from __future__ import annotations
 
 import argparse
+
+from agentgym.options import ArgumentParser
 import html
 import json
 import math
@@ -390,7 +392,7 @@ def render_html(episodes: Sequence[EpisodeView], title: str = "agentgym inspect"
 
 # -- command --------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="agentgym inspect",
         description="Show a run's saved episodes turn by turn and token by token: context tokens (not trained), "
         "sampled tokens (trained: the loss mask) with their logprobs, and where each turn's reward landed.",

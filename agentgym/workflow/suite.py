@@ -16,6 +16,8 @@ curve is the mean success rate over all iterations (1.0 would be success from th
 from __future__ import annotations
 
 import argparse
+
+from agentgym.options import ArgumentParser
 import dataclasses
 import json
 import math
@@ -194,7 +196,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="agentgym bench",
         description="Benchmark suite: train algorithms x envs x seeds and write results.md (mean ± std over seeds "
         "of final success and area under the success curve), results.json and curves-ENV.png.",

@@ -18,6 +18,8 @@ Supported parameter forms: ``value``, ``values`` (with optional ``probabilities`
 from __future__ import annotations
 
 import argparse
+
+from agentgym.options import ArgumentParser
 import dataclasses
 import itertools
 import json
@@ -444,7 +446,7 @@ def write_results(results: Sequence[RunResult], spec: SweepSpec, out_dir: str | 
 
 # -- command --------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="agentgym sweep",
         description="Run a W&B sweep file locally (no W&B server): grid or random search over `agentgym train` "
         "options, one run after another, then a results table (results.md, results.json) and curves.png. "
