@@ -66,6 +66,17 @@ def test_with_system_prompt_replaces_inserts_and_removes():
     assert msgs[0]["content"] == "old"  # the input is not modified
 
 
+def test_prompted_env_refuses_a_token_level_env(tiny_tokenizer):
+    from test_core import CountEnv
+
+    agentgym.register("test/CountForAPO-v0", CountEnv)
+    try:
+        with pytest.raises(TypeError, match="'test/CountForAPO-v0' is a token-level env; prompt optimization sets"):
+            make_prompted_env("test/CountForAPO-v0", "Be brief.", tiny_tokenizer)
+    finally:
+        del agentgym.registration.registry["test/CountForAPO-v0"]
+
+
 def test_prompted_env_sets_the_system_message_of_any_message_env(tiny_tokenizer):
     env = make_prompted_env("agentgym/GuessNumber-v0", "Answer 2.", tiny_tokenizer, env_kwargs=GUESS)
     obs, info = env.reset(seed=0)

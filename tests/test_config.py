@@ -1,5 +1,7 @@
 import pytest
 
+import agentgym
+
 from agentgym.workflow.config import help_text, parse_cli
 from agentgym.training.train_config import CLI_ALIASES, TrainConfig
 
@@ -62,3 +64,32 @@ def test_every_command_takes_both_spellings_of_an_option():
     assert p.kebab_case(["--top_k", "5", "--", "--max_new_tokens"]) == ["--top-k", "5", "--", "--max_new_tokens"]
     with pytest.raises(SystemExit):  # a name that is no option in either spelling is still an error
         p.parse_args(["--max_new_tokenz", "9"])
+    # eval's env arguments, as train's
+    from agentgym.workflow.evaluate import _split_env_kwargs
+
+    rest, kwargs = _split_env_kwargs(["--env.max-turns", "3", "--env-kwargs.high=7", "--env_kwargs.low", "2", "--seed", "1"])
+    assert kwargs == {"max_turns": 3, "high": 7, "low": 2} and rest == ["--seed", "1"]
+
+
+def test_a_trainer_with_its_own_collector_needs_no_registered_env(tmp_path):
+    from agentgym.rollout.collector import Collector
+    from agentgym.tiny import make_tiny_policy
+    from agentgym.training.trainer import Trainer
+
+    cfg = TrainConfig(env="mine/NotRegistered-v0", env_kwargs={"anything": 1}, iterations=1, groups_per_iteration=1,
+                      group_size=2, max_new_tokens=2, run_dir=str(tmp_path), wandb=False, progress=False,
+                      export=False, eval_episodes=0)
+    with pytest.raises(KeyError, match="no environment registered as 'mine/NotRegistered-v0'"):
+        cfg.check()
+    cfg.check(env=False)
+    model, tok = make_tiny_policy()
+
+    def collector(trainer):
+        return Collector(lambda: agentgym.make("agentgym/GuessNumber-v0", tokenizer=tok, system_prompt=None),
+                         trainer.engine, trainer.params, num_groups=1, group_size=2)
+
+    trainer = Trainer(cfg, model=model, tokenizer=tok, collector=collector)
+    try:
+        assert trainer.train()[0]["episodes"] == 2
+    finally:
+        trainer.close()

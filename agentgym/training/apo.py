@@ -54,14 +54,18 @@ def make_prompted_env(
     ``unwrapped_env``, so the prompt can be changed between episodes."""
     import agentgym
 
-    env = agentgym.make(env_id, tokenizer=tokenizer, max_context_tokens=max_context_tokens,
-                        message_wrapper=lambda inner: SystemPromptEnv(inner, prompt), **(env_kwargs or {}))
-    if not isinstance(env, ChatTokenEnv):
+    token_level = TypeError(f"{env_id!r} is a token-level env; prompt optimization sets the system message of chat "
+                            "envs (a MessageEnv registered with agentgym.register)")
+    try:
+        env = agentgym.make(env_id, tokenizer=tokenizer, max_context_tokens=max_context_tokens,
+                            message_wrapper=lambda inner: SystemPromptEnv(inner, prompt), **(env_kwargs or {}))
+    except TypeError as e:
+        if "is a TokenEnv" in str(e):  # make refuses the wrapper arguments of a token-level env
+            raise token_level from e
+        raise
+    if not isinstance(env, ChatTokenEnv):  # a TokenEnv that declares them all itself
         env.close()
-        raise TypeError(
-            f"{env_id!r} is a token-level env; prompt optimization sets the system message of chat envs "
-            "(a MessageEnv registered with agentgym.register)"
-        )
+        raise token_level
     return env
 
 

@@ -94,7 +94,7 @@ def engine(cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any) -> Any:
     ``transformers`` shares the module (no weight copy); ``vllm`` starts vLLM from a saved copy of the module and
     takes the trainer's weights after each update (:meth:`Trainer.engine_weights_changed`).
     """
-    cfg.check()
+    cfg.check(env=False)  # the env is checked where it is built (agentgym.make), if this run builds one
     if not engines.shares_module(cfg.engine) and (cfg.lora_rank > 0 or cfg.rollout_workers > 0):
         raise ValueError(
             f"engine {cfg.engine} trains all weights with in-process rollouts; got lora_rank={cfg.lora_rank}, "

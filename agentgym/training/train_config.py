@@ -114,13 +114,18 @@ class TrainConfig:
             kwargs.setdefault("group_size", self.group_size)
         return algos.get_algorithm(self.algo, **kwargs)
 
-    def check(self) -> None:
-        """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads."""
+    def check(self, env: bool = True) -> None:
+        """Raise ``KeyError`` / ``ValueError`` for a config that cannot run, before anything heavy loads.
+
+        ``env=False`` leaves ``env`` / ``env_kwargs`` unchecked (a trainer given its own collector never uses them).
+        """
         self.algo_config()
-        try:  # an unknown env (KeyError), or an argument it does not take
-            registration.check_kwargs(self.env, self.env_kwargs)
-        except TypeError as e:
-            raise ValueError(str(e)) from e
+        registration.load_plugins()  # engines and envs registered by installed packages
+        if env:
+            try:  # an unknown env (KeyError), or an argument it does not take
+                registration.check_kwargs(self.env, self.env_kwargs)
+            except TypeError as e:
+                raise ValueError(str(e)) from e
         if self.engine not in engine_names():
             raise ValueError(f"engine must be one of {', '.join(engine_names())}, got {self.engine!r} "
                              "(agentgym.engines.register_engine adds one)")

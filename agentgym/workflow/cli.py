@@ -66,6 +66,9 @@ def _serve(argv: Sequence[str]) -> int:
                         "agentgym.engines.register_engine (default: %(default)s)")
     args = p.parse_args(argv)
     from agentgym import engines
+    from agentgym.registration import load_plugins
+
+    load_plugins()  # engines registered by installed packages
 
     if args.engine not in engines.engine_names():
         p.error(f"--engine must be one of {', '.join(engines.engine_names())}, got {args.engine!r}")

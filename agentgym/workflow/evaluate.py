@@ -117,7 +117,7 @@ _DEFAULTS = {"env": "agentgym/GuessNumber-v0", "temperature": 1.0, "top_p": 1.0,
 
 
 def _split_env_kwargs(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Take ``--env.KEY VALUE`` / ``--env.KEY=VALUE`` (or ``--env_kwargs.KEY``) out of argv."""
+    """Take ``--env.KEY VALUE`` / ``--env.KEY=VALUE`` (or ``--env_kwargs.KEY``, ``--env-kwargs.KEY``) out of argv."""
     import yaml
 
     rest, kwargs = [], {}
@@ -125,8 +125,9 @@ def _split_env_kwargs(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     i = 0
     while i < len(args):
         a = args[i]
-        if a.startswith(("--env.", "--env_kwargs.")):
+        if a.startswith(("--env.", "--env_kwargs.", "--env-kwargs.")):
             key, eq, value = a.split(".", 1)[1].partition("=")
+            key = key.replace("-", "_")  # --env.max-turns is --env.max_turns, as in agentgym train
             if not eq:
                 if i + 1 >= len(args):
                     raise ValueError(f"{a} needs a value")

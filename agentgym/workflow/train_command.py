@@ -103,7 +103,7 @@ def sft_main(argv: Sequence[str]) -> int:
              "best, fine-tune) or the trajectories of a JSONL file (episode records or chat messages).")
 
     def validate(c: SFTConfig) -> None:
-        c.algo_config()
+        c.check()
         c.selection()
 
     cfg = parse_command(SFTConfig, list(argv), CLI_ALIASES, usage, validate=validate)
