@@ -94,7 +94,10 @@ def _named_params(factory: Callable[..., Any]) -> set[str]:
 def check_kwargs(id: str, kwargs: dict[str, Any]) -> None:
     """Raise ``TypeError`` naming the keys of ``kwargs`` that the env registered as ``id`` does not take (with the
     closest ones it does), before anything is built. An env whose factory takes ``**kwargs`` accepts any key."""
-    factory = _load(spec(id).entry_point)
+    _check_kwargs(id, _load(spec(id).entry_point), kwargs)
+
+
+def _check_kwargs(id: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
@@ -154,7 +157,7 @@ def make(id: str, **kwargs: Any) -> TokenEnv:
     for k in _CONTEXT_KEYS:  # offered by trainers; taken only by envs that declare them
         if k in merged and k not in named:
             merged.pop(k)
-    check_kwargs(id, merged)
+    _check_kwargs(id, factory, merged)
     env = factory(**merged)
     if isinstance(env, MessageEnv):
         message_wrapper = wrapper_kwargs.pop("message_wrapper", None)

@@ -87,12 +87,7 @@ class LLM:
         import httpx
         import openai
 
-        def tag(request: httpx.Request) -> None:
-            name = _current_agent.get()
-            if name is not None:
-                request.headers[AGENT_HEADER] = name
-
-        http = httpx.Client(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
+        http = httpx.Client(event_hooks={"request": [_tag_agent]}, timeout=kwargs.pop("timeout", 600))
         return openai.OpenAI(
             base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self.headers, **kwargs
         )
@@ -102,15 +97,20 @@ class LLM:
         import httpx
         import openai
 
-        async def tag(request: httpx.Request) -> None:
-            name = _current_agent.get()
-            if name is not None:
-                request.headers[AGENT_HEADER] = name
+        async def tag(request: Any) -> None:
+            _tag_agent(request)
 
         http = httpx.AsyncClient(event_hooks={"request": [tag]}, timeout=kwargs.pop("timeout", 600))
         return openai.AsyncOpenAI(
             base_url=self.base_url, api_key=self.api_key, http_client=http, default_headers=self.headers, **kwargs
         )
+
+
+def _tag_agent(request: Any) -> None:
+    """An httpx request hook: name the agent of the :func:`agent_name` block the call is made in."""
+    name = _current_agent.get()
+    if name is not None:
+        request.headers[AGENT_HEADER] = name
 
 
 @dataclass

@@ -8,7 +8,13 @@
 """
 
 from agentgym.engines.base import Completion, Engine, FinishReason, SamplingParams, sampled_logprobs
-from agentgym.engines.registry import engine_by_name, engine_names, register_engine, shares_module
+from agentgym.engines.registry import (
+    check_engine_name,
+    engine_by_name,
+    engine_names,
+    register_engine,
+    shares_module,
+)
 from agentgym.engines.transformers_engine import TransformersEngine
 from agentgym.engines.vllm_engine import VLLMEngine, VLLMUnavailableError
 
@@ -20,6 +26,7 @@ __all__ = [
     "TransformersEngine",
     "VLLMEngine",
     "VLLMUnavailableError",
+    "check_engine_name",
     "engine_by_name",
     "engine_names",
     "register_engine",

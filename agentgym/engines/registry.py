@@ -53,11 +53,16 @@ def engine_names() -> tuple[str, ...]:
     return tuple(ENGINES)
 
 
-def engine_by_name(name: str, model: torch.nn.Module, tokenizer: Any, seed: int = 0) -> Any:
-    """The engine registered as ``name`` over ``model``."""
+def check_engine_name(name: str) -> None:
+    """Raise ``ValueError`` unless an engine is registered as ``name``."""
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r} (agentgym.engines.register_engine "
                          "adds one)")
+
+
+def engine_by_name(name: str, model: torch.nn.Module, tokenizer: Any, seed: int = 0) -> Any:
+    """The engine registered as ``name`` over ``model``."""
+    check_engine_name(name)
     return ENGINES[name](model, tokenizer, seed=seed)
 
 

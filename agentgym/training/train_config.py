@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentgym import algos, registration
-from agentgym.engines import engine_names
+from agentgym.engines import check_engine_name
 
 
 @dataclass
@@ -126,9 +126,7 @@ class TrainConfig:
                 registration.check_kwargs(self.env, self.env_kwargs)
             except TypeError as e:
                 raise ValueError(str(e)) from e
-        if self.engine not in engine_names():
-            raise ValueError(f"engine must be one of {', '.join(engine_names())}, got {self.engine!r} "
-                             "(agentgym.engines.register_engine adds one)")
+        check_engine_name(self.engine)
 
 CLI_ALIASES = {"env": "env_kwargs", "algo": "algo_kwargs"}
 """``--env.KEY`` and ``--algo.KEY`` are short for ``--env_kwargs.KEY`` and ``--algo_kwargs.KEY``."""

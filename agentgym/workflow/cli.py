@@ -70,8 +70,10 @@ def _serve(argv: Sequence[str]) -> int:
 
     load_plugins()  # engines registered by installed packages
 
-    if args.engine not in engines.engine_names():
-        p.error(f"--engine must be one of {', '.join(engines.engine_names())}, got {args.engine!r}")
+    try:
+        engines.check_engine_name(args.engine)
+    except ValueError as e:
+        p.error(f"--{e}")
     from agentgym.engines.server import serve
     from agentgym.models import TINY_MODEL, load_model
 
