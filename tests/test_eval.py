@@ -159,3 +159,44 @@ def test_spider_dev_accuracy_by_difficulty_and_per_example_results(tmp_path, cap
         assert report["reports"]["by turn"][f"after reply {k}"] == {"count": 7, "accuracy": acc}
         assert re.search(rf"^after reply {k} +7 +{acc:.3f}$", text, re.M)
     assert [r["correct_turn_2"] for r in rows] == [r["success"] for r in rows]  # the last reply's query is final
+
+
+def test_spider_eval_on_any_spider_format_directory(tmp_path, capsys):
+    """`--env.data_dir` points the same evaluation at a Spider-format directory the project has never seen: its own
+    tables.json, dev.json and database/<db_id>/<db_id>.sqlite, with the difficulty computed from the gold query."""
+    import sqlite3
+
+    from agentgym.envs.spider_sql.sql_text import classify_hardness
+
+    root = tmp_path / "unseen"
+    (root / "database" / "zoo").mkdir(parents=True)
+    with sqlite3.connect(root / "database" / "zoo" / "zoo.sqlite") as db:
+        db.execute("CREATE TABLE animal (id INTEGER PRIMARY KEY, name TEXT, legs INTEGER)")
+        db.executemany("INSERT INTO animal VALUES (?, ?, ?)", [(1, "emu", 2), (2, "cat", 4), (3, "ant", 6)])
+    (root / "tables.json").write_text(json.dumps([{
+        "db_id": "zoo", "table_names_original": ["animal"], "table_names": ["animal"],
+        "column_names_original": [[-1, "*"], [0, "id"], [0, "name"], [0, "legs"]],
+        "column_names": [[-1, "*"], [0, "id"], [0, "name"], [0, "legs"]],
+        "column_types": ["text", "number", "text", "number"], "primary_keys": [1], "foreign_keys": []}]))
+    questions = [("How many animals are there?", "SELECT count(*) FROM animal"),
+                 ("Name the animals with more than 2 legs, by name.",
+                  "SELECT name FROM animal WHERE legs > 2 ORDER BY name")]
+    (root / "dev.json").write_text(json.dumps([{"db_id": "zoo", "question": q, "query": s} for q, s in questions]))
+    model, tok = make_tiny_policy(seed=0, max_position_embeddings=8192)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "eval"
+    argv = ["--model", str(tmp_path / "m"), "--env", "agentgym/SpiderSQL-v0", "--split", "dev", "--env.data_dir",
+            str(root), "--env.max_turns", "2", "--max-new-tokens", "2", "--max-context-tokens", "8192",
+            "--out-dir", str(out)]
+    assert main(argv) == 0
+    rows = sorted((json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()),
+                  key=lambda r: r["example_index"])
+    assert [(r["db_id"], r["gold_query"]) for r in rows] == [("zoo", s) for _, s in questions]
+    assert [r["difficulty"] for r in rows] == [classify_hardness(s) for _, s in questions]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["episodes"] == 2 and report["by_difficulty"]["all"]["count"] == 2
+    assert set(report["reports"]["by turn"]) == {"after reply 1", "after reply 2"}
+    assert "by difficulty" in capsys.readouterr().out
+    assert main(argv[:7] + [str(tmp_path / "nowhere")] + argv[8:]) == 2  # a missing directory is named
+    assert "nowhere" in capsys.readouterr().err

@@ -41,3 +41,29 @@ def test_cli_writes_records_that_sft_reads(tmp_path, tiny_tokenizer, capsys):
         assert len(ep.turns) == len(replies) and ep.info["success"] == record["success"]
         for turn, reply in zip(ep.turns, replies):
             assert tiny_tokenizer.decode(turn.action_ids, skip_special_tokens=True).strip() == reply
+
+
+def test_random_moves_teacher_speaks_the_moves_the_village_parses():
+    """``--teacher random-moves``: every speech is an accusation or a seer claim (either verdict) about another
+    living player, with random content (both verdicts occur); the plain random teacher never names a role."""
+    import re
+
+    from agentgym.envs.werewolf.agents import _CLAIM_RE, _SUSPECT_RE
+    from agentgym.envs.werewolf.demonstrations import TEACHERS
+
+    env = WerewolfMessageEnv(learner="seer", max_days=4, max_attempts=1)
+    speeches, verdicts = [], set()
+    for record in teacher_games(env, 30, TEACHERS["random-moves"], seed=0):
+        convo = record["messages"]
+        for i, m in enumerate(convo):
+            if m["role"] == "assistant" and "discussion" in convo[i - 1]["content"].split("\n")[-1]:
+                speeches.append(m["content"])
+                claim = _CLAIM_RE.fullmatch(m["content"].rstrip("."))
+                if claim:
+                    verdicts.add(claim.group(2))
+    assert speeches and all(_CLAIM_RE.match(s) or _SUSPECT_RE.fullmatch(s.rstrip(".")) for s in speeches)
+    assert verdicts == {"a werewolf", "not a werewolf"}
+    assert any(re.match(r"I suspect player\d+\.$", s) for s in speeches)
+    heard = [m["content"] for r in teacher_games(env, 5, TEACHERS["random"], seed=0) for m in r["messages"]
+             if m["role"] == "assistant"]
+    assert heard and not any("seer" in s for s in heard)

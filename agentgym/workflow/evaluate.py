@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             top_p=settings["top_p"], top_k=settings["top_k"], max_new_tokens=settings["max_new_tokens"],
             max_context_tokens=settings["max_context_tokens"], seed=args.seed, batch_size=args.batch_size,
         )
-    except (TypeError, ValueError) as e:  # bad env arguments surface here
+    except (TypeError, ValueError, FileNotFoundError) as e:  # bad env arguments (a missing data_dir) surface here
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     result.settings["model"] = args.model

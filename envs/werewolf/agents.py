@@ -39,6 +39,9 @@ _FILLER = (
 )
 """Random speech; none of it names a role, so random games never put role words in anyone's mouth."""
 
+_MOVES = ("I suspect {p}.", "I am the seer. {p} is a werewolf.", "I am the seer. {p} is not a werewolf.")
+"""The speech acts scripted players parse (see ``_CLAIM_RE`` and ``_SUSPECT_RE``), for ``RandomAgent(moves=True)``."""
+
 
 class ScriptedAgent:
     """A scripted player. Call :meth:`reset` per game, :meth:`observe` with new events, then :meth:`act`.
@@ -122,17 +125,25 @@ class ScriptedAgent:
 
 
 class RandomAgent(ScriptedAgent):
-    """Picks a legal target uniformly, abstains from a vote with probability ``abstain``, and says filler text."""
+    """Picks a legal target uniformly, abstains from a vote with probability ``abstain``, and says filler text.
 
-    def __init__(self, seed: int | None = None, abstain: float = 0.1):
+    With ``moves=True`` its speech is instead one of the moves the village understands, with random content: an
+    accusation ("I suspect playerN.") or a seer claim either way ("I am the seer. playerN is (not) a werewolf."),
+    about a random other living player, whatever its role and whatever it knows. Its games speak the game's whole
+    language with none of its strategy: demonstrations that teach a model the moves and leave to RL when each helps.
+    """
+
+    def __init__(self, seed: int | None = None, abstain: float = 0.1, moves: bool = False):
         super().__init__(seed)
         self.abstain = float(abstain)
+        self.moves = bool(moves)
 
     def act(self, request: Request) -> str:
         if request.is_speech:
-            line = self._choice(_FILLER)
             others = [p for p in self.alive if p != self.player] or [self.player]
-            return line.format(p=self._choice(sorted(others)))
+            target = self._choice(sorted(others))
+            line = self._choice(_MOVES if self.moves else _FILLER)
+            return line.format(p=target)
         if request.kind == "vote" and self.rng.random() < self.abstain:
             return "VOTE: none"
         if not request.targets:

@@ -22,7 +22,13 @@ from agentgym.envs.werewolf.agents import AgentFactory, HeuristicAgent, RandomAg
 from agentgym.envs.werewolf.env import WerewolfMessageEnv, _agent_seed
 from agentgym.envs.werewolf.game import WerewolfConfig
 
-TEACHERS: dict[str, AgentFactory] = {"heuristic": HeuristicAgent, "random": RandomAgent}
+TEACHERS: dict[str, AgentFactory] = {
+    "heuristic": HeuristicAgent,
+    "random": RandomAgent,
+    "random-moves": lambda: RandomAgent(moves=True),
+}
+"""``--teacher``: the heuristic plays the seat well; ``random`` plays legal moves and says filler; ``random-moves``
+plays legal moves and speaks in random accusations and seer claims (the moves without the strategy)."""
 
 
 def teacher_games(env: WerewolfMessageEnv, num_games: int, teacher: AgentFactory = HeuristicAgent,
