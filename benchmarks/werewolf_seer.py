@@ -14,6 +14,7 @@ same ``--eval-deals`` held-out deals (reset seeds from ``agentgym.rollout.evalua
 never uses), sampled at the training temperature, with Wilson 95% intervals.
 
     python benchmarks/werewolf_seer.py --model runs/ww-sft --run-dir runs/ww-seer
+    python benchmarks/werewolf_seer.py --scripted 400     # the same table with scripted seers and doctors only
 
 Writes, under the run dir: ``werewolf_seer.json`` (the table below, the intervals, the adapters' digests, wall
 times and peak memory), ``eval_before.jsonl`` / ``eval_after.jsonl`` (one line per deal: seed, winner, the seer's
@@ -33,8 +34,9 @@ from typing import Any, Sequence
 
 import torch
 
-from agentgym.envs.werewolf.agents import HeuristicAgent
+from agentgym.envs.werewolf.agents import HeuristicAgent, RandomAgent, win_rates
 from agentgym.envs.werewolf.env import WerewolfEnv
+from agentgym.envs.werewolf.game import WerewolfConfig
 from agentgym.rollout.evaluation import EVAL_SEED, wilson_interval
 from agentgym.rollout.multi_agent import MultiAgentCollector
 from agentgym.training.adapters import adapter_parameters
@@ -102,9 +104,26 @@ def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, 
             "wall_s": time.perf_counter() - t0, "file": str(path)}
 
 
+def scripted_table(games: int, seed: int = 1000) -> list[dict[str, Any]]:
+    """Village win rates on the same table when scripted agents hold the seer's and the doctor's seats: how much the
+    seer's strategy is worth, with the random-moves seer (the moves, no strategy) against the heuristic one."""
+    seers = {"random moves": lambda: RandomAgent(moves=True), "heuristic": HeuristicAgent}
+    doctors = {"heuristic": HeuristicAgent, "random": RandomAgent}
+    rows = []
+    for seer, make_seer in seers.items():
+        for doctor, make_doctor in doctors.items():
+            rates = win_rates({"seer": make_seer, "doctor": make_doctor, "default": HeuristicAgent}, games,
+                              WerewolfConfig(**TABLE), seed=seed)
+            rows.append({"seer": seer, "doctor": doctor, "games": games, "village": rates.village})
+            print(f"| seer {seer:12s} | doctor {doctor:9s} | village {rates.village:.3f} |", flush=True)
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="the starting policy (a model directory or run dir)")
+    p.add_argument("--model", help="the starting policy (a model directory or run dir)")
+    p.add_argument("--scripted", type=int, default=0, metavar="GAMES",
+                   help="only print the table's win rates with scripted seers and doctors over GAMES games")
     p.add_argument("--run-dir", default="runs/ww-seer", help="where the run writes (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=12, help="GRPO iterations (default: %(default)s)")
     p.add_argument("--groups", type=int, default=8, help="deals per iteration (default: %(default)s)")
@@ -124,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.scripted:
+        scripted_table(args.scripted)
+        return 0
+    if not args.model:
+        parser.error("--model is required (or --scripted GAMES)")
     if min(args.iterations, args.groups, args.group_size, args.eval_deals, args.eval_batch) < 1:
         print("iterations, groups, group-size, eval-deals and eval-batch must all be >= 1", file=sys.stderr)
         return 2
