@@ -96,6 +96,8 @@ def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, 
                 })
         finally:
             collector.close()
+        print(f"  {path.stem}: {len(records)}/{deals} deals, {sum(r['success'] for r in records)} won, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
     records.sort(key=lambda r: r["seed"])
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     wins = sum(r["success"] for r in records)
