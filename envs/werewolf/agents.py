@@ -140,10 +140,9 @@ class RandomAgent(ScriptedAgent):
 
     def act(self, request: Request) -> str:
         if request.is_speech:
-            others = [p for p in self.alive if p != self.player] or [self.player]
-            target = self._choice(sorted(others))
             line = self._choice(_MOVES if self.moves else _FILLER)
-            return line.format(p=target)
+            others = [p for p in self.alive if p != self.player] or [self.player]
+            return line.format(p=self._choice(sorted(others)))
         if request.kind == "vote" and self.rng.random() < self.abstain:
             return "VOTE: none"
         if not request.targets:
