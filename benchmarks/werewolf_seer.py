@@ -59,6 +59,15 @@ def seat_policy(env: WerewolfEnv, seat: str) -> str:
     return env.roles[seat]
 
 
+def table_collector(trainer: Trainer, num_groups: int, group_size: int, **shaping: Any) -> MultiAgentCollector:
+    """Games of the table with the trainer's two adapters in the LLM seats; only the seer's seats make episodes."""
+    return MultiAgentCollector(
+        lambda: make_table(trainer.tokenizer, trainer.cfg.max_context_tokens, **shaping),
+        {TRAINED: trainer.engine_for(TRAINED), FROZEN: trainer.engine_for(FROZEN)}, seat_policy,
+        trainable={TRAINED}, params=trainer.params, num_groups=num_groups, group_size=group_size,
+    )
+
+
 def digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the tensors' names and bytes, in name order."""
     h = hashlib.sha256()
@@ -78,15 +87,10 @@ def weight_digests(model: Any) -> dict[str, str]:
 def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, Any]:
     """The seer's team's win rate over ``deals`` held-out deals, one game each; one JSON line per deal in ``path``."""
     tok = trainer.tokenizer
-    policies = {TRAINED: trainer.engine_for(TRAINED), FROZEN: trainer.engine_for(FROZEN)}
     records = []
     t0 = time.perf_counter()
     for start in range(0, deals, batch):
-        n = min(batch, deals - start)
-        collector = MultiAgentCollector(
-            lambda: make_table(tok, trainer.cfg.max_context_tokens), policies, seat_policy, trainable={TRAINED},
-            params=trainer.params, num_groups=n, group_size=1,
-        )
+        collector = table_collector(trainer, num_groups=min(batch, deals - start), group_size=1)
         try:
             for ep in collector.collect(EVAL_SEED + start):
                 records.append({
@@ -166,16 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_episodes=args.groups * args.group_size,
     )
 
-    def collector(trainer: Trainer) -> MultiAgentCollector:
-        return MultiAgentCollector(
-            lambda: make_table(trainer.tokenizer, cfg.max_context_tokens, vote_out_werewolf_bonus=args.vote_bonus),
-            {TRAINED: trainer.engine_for(TRAINED), FROZEN: trainer.engine_for(FROZEN)}, seat_policy,
-            trainable={TRAINED}, params=trainer.params, num_groups=cfg.groups_per_iteration,
-            group_size=cfg.group_size,
-        )
-
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, collector=collector)
+    trainer = Trainer(cfg, collector=lambda t: table_collector(
+        t, cfg.groups_per_iteration, cfg.group_size, vote_out_werewolf_bonus=args.vote_bonus))
     try:
         before_digests = weight_digests(trainer.model)
         before = evaluate(trainer, args.eval_deals, args.eval_batch, run_dir / "eval_before.jsonl")

@@ -29,8 +29,8 @@ Trajectory file formats (one JSON object per line, the two may be mixed):
 
    Every assistant message is a policy turn (its content and the template's end-of-turn token are trained); all
    other messages are context, and so is an assistant message marked ``"train": false`` (e.g. a failed attempt
-   that the next reply repairs: the policy learns the repair, not the mistake). ``reward`` (default 1.0: a demonstration counts as a good episode), ``success``
-   (default: ``reward > 0``) and ``group_id`` are optional.
+   that the next reply repairs: the policy learns the repair, not the mistake). ``reward`` (default 1.0: a
+   demonstration counts as a good episode), ``success`` (default: ``reward > 0``) and ``group_id`` are optional.
 """
 
 from __future__ import annotations
@@ -136,9 +136,8 @@ def episode_from_messages(
     """A conversation as an :class:`~agentgym.rollout.batch.Episode`, through ``tokenizer``'s chat template.
 
     Each assistant message (but those marked ``"train": false``) becomes a turn: its context is the template's
-    prompt for the messages before it
-    (generation prompt included), its action the template's rendering of the reply up to and including the first
-    end-of-turn token. ``reward`` lands on the last turn; logprobs are zeros (SFT does not read them).
+    prompt for the messages before it (generation prompt included), its action the template's rendering of the reply
+    up to and including the first end-of-turn token. ``reward`` lands on the last turn; logprobs are zeros (SFT does not read them).
     """
     from agentgym.chat import ChatTemplate
 
@@ -147,10 +146,11 @@ def episode_from_messages(
     for k, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
             raise ValueError(f"message {k} is not a {{'role': ..., 'content': ...}} dict: {message!r}")
-        if message["role"] != "assistant" or message.get("train", True) is False:
+    rendered = [{key: v for key, v in m.items() if key != "train"} for m in messages]  # the template's view
+    for k, message in enumerate(rendered):
+        if message["role"] != "assistant" or messages[k].get("train", True) is False:
             continue
-        prefix = [{key: v for key, v in m.items() if key != "train"} for m in messages[:k]]
-        message = {key: v for key, v in message.items() if key != "train"}
+        prefix = rendered[:k]
         before = chat.render(prefix, add_generation_prompt=True)
         full = chat.render([*prefix, message], add_generation_prompt=False)
         if not full.startswith(before):  # the template re-rendered the past: keep what follows the common part

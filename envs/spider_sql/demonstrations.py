@@ -113,18 +113,18 @@ def demonstrations(
             reply = gold_reply(env, example.query)
             if extract_sql(reply) is None or (env.max_turns > 1 and not is_submission(reply, env.submit_marker)):
                 raise ValueError(f"the env would not read the gold reply of {example.split} example {example.index}")
-            plays = [[(reply, True)]]
+            episodes = [_play(env, index, [(reply, True)])]
         else:
             review = [(_sql_reply(example.query), True), (env.submit_marker, True)]
-            plays = [review]
+            episodes = [_play(env, index, review)]
             if corrections:
                 for broken in broken_query(example.query, example.db_path, rng):
-                    messages, info = _play(env, index, [(_sql_reply(broken), False)])
-                    if messages[-1]["content"].startswith("Error:"):
-                        plays.append([(_sql_reply(broken), False), *review])
+                    messages, info = _play(env, index, [(_sql_reply(broken), False), *review])
+                    first = next(k for k, m in enumerate(messages) if m["role"] == "assistant")
+                    if messages[first + 1]["content"].startswith("Error:"):  # the env's feedback on the broken one
+                        episodes.append((messages, info))
                         break
-        for replies in plays:
-            messages, info = _play(env, index, replies)
+        for messages, info in episodes:
             if not info.get("success"):
                 raise ValueError(
                     f"the demonstration of {example.split} example {example.index} does not win its episode "
