@@ -104,10 +104,28 @@ def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, 
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     records.sort(key=lambda r: r["seed"])
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return summarize(records, path, wall_s=time.perf_counter() - t0)
+
+
+def summarize(records: Sequence[dict[str, Any]], path: Path, wall_s: float | None) -> dict[str, Any]:
+    """The win rate and its Wilson 95% interval over per-deal records."""
     wins = sum(r["success"] for r in records)
     lo, hi = wilson_interval(wins, len(records))
     return {"deals": len(records), "wins": wins, "win_rate": wins / max(len(records), 1), "ci95": [lo, hi],
-            "wall_s": time.perf_counter() - t0, "file": str(path)}
+            "wall_s": wall_s, "file": str(path)}
+
+
+def recount(path: Path, deals: int, dest: Path) -> dict[str, Any]:
+    """The before-table recounted from an earlier run's per-deal file of the same model (copied to ``dest``); its
+    deals must be exactly the held-out ones this run evaluates after training."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    seeds = sorted(r["seed"] for r in records)
+    if seeds != list(range(EVAL_SEED, EVAL_SEED + deals)):
+        raise SystemExit(f"{path} holds {len(records)} deals with seeds {seeds[:1]}..{seeds[-1:]}; --before needs "
+                         f"exactly the {deals} held-out deals {EVAL_SEED}..{EVAL_SEED + deals - 1} (--eval-deals)")
+    if Path(path).resolve() != dest.resolve():
+        dest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {**summarize(records, dest, wall_s=None), "recounted_from": str(path)}
 
 
 def scripted_table(games: int, seed: int = 1000) -> list[dict[str, Any]]:
@@ -141,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vote-bonus", type=float, default=0.5,
                    help="training shaping: reward for a seer vote that eliminates a werewolf; the win rate is "
                    "measured without it (default: %(default)s)")
+    p.add_argument("--expose-bonus", type=float, default=0.5,
+                   help="training shaping: reward for a seer speech that names a werewolf it found, while that "
+                        "werewolf lives (default: %(default)s)")
+    p.add_argument("--before", metavar="JSONL",
+                   help="recount the start's table from this eval_before.jsonl of an earlier run of the same --model "
+                        "instead of replaying it (the deals must match --eval-deals)")
     p.add_argument("--eval-deals", type=int, default=400, help="held-out deals, before and after (default: %(default)s)")
     p.add_argument("--eval-batch", type=int, default=50, help="deals played at once (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
@@ -172,12 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg, collector=lambda t: table_collector(
-        t, cfg.groups_per_iteration, cfg.group_size, vote_out_werewolf_bonus=args.vote_bonus))
+        t, cfg.groups_per_iteration, cfg.group_size, vote_out_werewolf_bonus=args.vote_bonus,
+        expose_werewolf_bonus=args.expose_bonus))
     try:
         before_digests = weight_digests(trainer.model)
-        before = evaluate(trainer, args.eval_deals, args.eval_batch, run_dir / "eval_before.jsonl")
-        print(f"before: {before['win_rate']:.3f} (95% CI {before['ci95'][0]:.3f}-{before['ci95'][1]:.3f}), "
-              f"{before['wall_s']:.0f} s", flush=True)
+        if args.before:
+            before = recount(Path(args.before), args.eval_deals, run_dir / "eval_before.jsonl")
+        else:
+            before = evaluate(trainer, args.eval_deals, args.eval_batch, run_dir / "eval_before.jsonl")
+        print(f"before: {before['win_rate']:.3f} (95% CI {before['ci95'][0]:.3f}-{before['ci95'][1]:.3f})", flush=True)
         t_train = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t_train

@@ -201,6 +201,50 @@ def test_sft_from_a_file_of_messages(tmp_path):
     assert sum(trainer.tokenizer.decode(c.token_ids) == "2" for c in samples) >= 14
 
 
+def test_sft_micro_batches_within_the_activation_budget_give_the_same_gradients(tmp_path):
+    # Demonstrations of different lengths: a long answer among short ones.
+    lines = []
+    for i, answer in enumerate(["2", "1", "3 " * 40, "2", "1 3", "3"]):
+        demo = [{"role": "user", "content": f"Guess {i}."}, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": demo}))
+    path = tmp_path / "demos.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    def first_step(name, **overrides):
+        trainer = _sft_trainer(tmp_path / name, data=str(path), iterations=1, epochs=1, batch_size=6, **overrides)
+        grads, real, decide = [], trainer.optimizer.step, trainer._checkpointing
+        trainer.checkpointed = []
+
+        def step(*args, **kwargs):
+            grads.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
+            return real(*args, **kwargs)
+
+        def checkpointing(micro):
+            decide(micro)
+            trainer.checkpointed.append((micro.batch_size[0], trainer._checkpointing_on))
+
+        trainer.optimizer.step, trainer._checkpointing = step, checkpointing
+        trainer.train()
+        trainer.close()
+        return trainer, grads[0]
+
+    _, ref = first_step("one", micro_batch_size=64, activation_checkpointing="off")
+    budget, budget_grads = first_step("budget", micro_batch_size=64, activation_memory_mb=1)
+    # The 1 MiB budget splits the rows and checkpoints the long one; the gradients do not change.
+    assert len(budget.checkpointed) > 1 and any(on for _, on in budget.checkpointed)
+    assert budget._micro_tokens < budget._max_micro_tokens
+    assert not any(on for _, on in first_step("off", micro_batch_size=64, activation_checkpointing="off")[0].checkpointed)
+    assert sum(float(g.norm()) for g in ref) > 0
+    for name, grads in {"budget": budget_grads, "row by row": first_step("rows", micro_batch_size=1)[1]}.items():
+        for g, r in zip(grads, ref):
+            assert torch.allclose(g, r, rtol=1e-4, atol=1e-7), (name, float((g - r).abs().max()))
+
+
+def test_sft_refuses_several_adapters(tmp_path):
+    with pytest.raises(ValueError, match="SFT trains one policy"):
+        _sft_trainer(tmp_path, lora_rank=4, lora_adapters=["seer", "doctor"])
+
+
 def test_cli_trains_sft_from_the_run_dir_episodes(tmp_path):
     from agentgym.workflow.cli import main
 

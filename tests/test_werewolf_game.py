@@ -247,6 +247,35 @@ def test_rewards_and_shaping():
     assert set(info["roles"]) == set(game.players) and info["log"]
 
 
+def test_expose_werewolf_bonus_pays_only_a_true_founded_claim():
+    probe = WerewolfGame(seed=3)
+    wolf = next(p for p in probe.players if probe.roles[p] == WEREWOLF)
+    villager = next(p for p in probe.players if probe.roles[p] == "villager")
+    seer = next(p for p in probe.players if probe.roles[p] == "seer")
+
+    def seer_return_after_speech(speech, inspect=wolf, bonus=0.3):
+        game = WerewolfGame(WerewolfConfig(expose_werewolf_bonus=bonus), seed=3)
+
+        def choose(g, req):
+            if req.kind == "kill":  # never the seer, so it lives to speak
+                return "KILL: " + next(t for t in req.targets if t != seer)
+            if req.kind == "inspect":
+                return f"INSPECT: {inspect}"
+            return first_target(g, req)
+
+        while not (game.request.kind == "speak" and game.request.player == seer):
+            game.act(choose(game, game.request))
+        game.act(speech)
+        return game.returns[seer]
+
+    assert seer_return_after_speech(f"I am the seer. {wolf} is a werewolf. Vote for {wolf}.") == pytest.approx(0.3)
+    assert seer_return_after_speech(f"{wolf} is a werewolf", bonus=0.0) == 0.0
+    assert seer_return_after_speech(f"I am the seer. {wolf} is not a werewolf.") == 0.0
+    assert seer_return_after_speech(f"I am the seer. {villager} is a werewolf.") == 0.0
+    # Naming the right werewolf without having inspected it is a guess, not an exposure.
+    assert seer_return_after_speech(f"{wolf} is a werewolf.", inspect=villager) == 0.0
+
+
 # -- strict parsing and retries ---------------------------------------------------------------------------------------
 def _to_vote(seed=0):
     game = WerewolfGame(WerewolfConfig(max_attempts=1), seed=seed)

@@ -51,7 +51,7 @@ from tensordict import TensorDict
 from agentgym.algos.aggregation import loss_normalizer, sequence_keys
 from agentgym.algos.config import AlgoConfig
 from agentgym.algos.sft import SelectionConfig, select_episodes, sft_loss
-from agentgym.rollout.batch import Episode, Turn, to_batch
+from agentgym.rollout.batch import Episode, Turn, to_batch, trim
 from agentgym.training.policy import forward
 from agentgym.training.trainer import Trainer, episode_metrics
 from agentgym.training.train_config import TrainConfig
@@ -224,6 +224,9 @@ class SFTTrainer(Trainer):
 
     def __init__(self, cfg: SFTConfig, model: Any = None, tokenizer: Any = None, engine: Any = None,
                  collector: Any = None):
+        if cfg.lora_adapters:
+            raise ValueError(f"SFT trains one policy, but lora_adapters = {cfg.lora_adapters}: fine-tune each role's "
+                             "policy in its own SFT run (--lora_rank alone trains one adapter)")
         super().__init__(cfg, model=model, tokenizer=tokenizer, engine=engine, collector=collector)
         self.cfg: SFTConfig = cfg
         self.selection = cfg.selection()
@@ -253,8 +256,11 @@ class SFTTrainer(Trainer):
                 norm = loss_normalizer(mini, self.algo)
                 self.optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
-                for j in range(0, len(idx), cfg.micro_batch_size):
-                    micro = _trim(mini[j : j + cfg.micro_batch_size])
+                # The RL update's micro-batches: rows of similar length within the activation budget, with
+                # activation checkpointing when one is larger than the budget (--activation_memory_mb).
+                for _, rows in self._micro_batches(mini):
+                    micro = trim(mini[rows])
+                    self._checkpointing(micro)
                     # T = 1: SFT fits the model's own distribution, whatever temperature sampled the data.
                     out = forward(self.model, micro["input_ids"], micro["attention_mask"], micro["loss_mask"], 1.0)
                     loss, metrics = sft_loss(out.logprobs, micro, norm, self.algo.loss_agg)
@@ -309,13 +315,6 @@ class SFTTrainer(Trainer):
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.iteration += 1
         return metrics
-
-
-def _trim(micro: TensorDict) -> TensorDict:
-    """The micro-batch cut to its longest row (a minibatch is padded to its own longest row, often longer)."""
-    length = int(micro["attention_mask"].sum(-1).max().item()) if micro.batch_size[0] else 0
-    keys = ("input_ids", "attention_mask", "loss_mask")
-    return TensorDict({k: micro[k][:, :length] for k in keys}, batch_size=micro.batch_size)
 
 
 __all__ = [

@@ -31,7 +31,9 @@ attempts in all; then the default (abstain, or silence for speech) is applied. N
 
 Rewards: at the end every player gets ``win_reward`` if its team won, ``loss_reward`` if it lost, ``draw_reward``
 on a draw; optional shaping: ``invalid_action_penalty`` per invalid attempt, ``default_action_penalty`` when the
-attempts run out, ``vote_out_werewolf_bonus`` to each village player who voted for a werewolf that got eliminated.
+attempts run out, ``vote_out_werewolf_bonus`` to each village player who voted for a werewolf that got eliminated,
+``expose_werewolf_bonus`` to a seer for each public speech that names a living werewolf it has inspected
+(``playerN is a werewolf``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class WerewolfConfig:
     """Subtracted from a player's reward when its attempts run out and the default applies."""
     vote_out_werewolf_bonus: float = 0.0
     """Shaping: added to each village player who voted for a werewolf that the vote eliminated."""
+    expose_werewolf_bonus: float = 0.0
+    """Shaping: added to a seer for each day speech that says ``playerN is a werewolf`` of a living werewolf the seer
+    has inspected (the move that makes the village's votes count; false or unfounded claims earn nothing)."""
 
     def __post_init__(self) -> None:
         try:
@@ -301,6 +306,7 @@ class WerewolfGame:
         self.invalid_actions: dict[str, int] = {p: 0 for p in self.players}
         self.defaulted_actions: dict[str, int] = {p: 0 for p in self.players}
         self._last_protect: dict[str, str | None] = {}
+        self._found_wolves: dict[str, set[str]] = {}
         for p in self.players:
             self._emit(self._briefing(p), {p}, type="setup", player=p, role=self.roles[p],
                        teammates=list(self.teammates(p)), players=list(self.players))
@@ -587,6 +593,8 @@ class WerewolfGame:
                 self._emit(f"Night {d}: you inspect nobody.", {s}, type="inspection", target=None)
                 continue
             role = self.roles[target]
+            if role == WEREWOLF:
+                self._found_wolves.setdefault(s, set()).add(target)
             if cfg.seer_sees_role:
                 finding = f"{target} is {_article(role)}"
             else:
@@ -650,6 +658,13 @@ class WerewolfGame:
                     self._emit(f"{p} stayed silent.", None, type="silence", player=p, channel="public")
                 else:
                     self._emit(f'{p} said: "{said}"', None, type="speech", player=p, text=said, channel="public")
+                    if cfg.expose_werewolf_bonus and self._exposes_werewolf(p, said):
+                        self._reward(p, cfg.expose_werewolf_bonus)
+
+    def _exposes_werewolf(self, seer: str, said: str) -> bool:
+        """Whether ``said`` names, as a werewolf, a living werewolf that ``seer`` found by inspection."""
+        return any(re.search(rf"\b{w} is a werewolf\b", said)
+                   for w in self._found_wolves.get(seer, ()) if self.is_alive(w))
 
     def _vote(self) -> Generator[Request, str | None, None]:
         cfg = self.config
