@@ -168,6 +168,22 @@ def test_shaping_rewards(dev_examples) -> None:
     assert term and r == pytest.approx(-0.2) and info["match_reason"] == "no_query" and not info["success"]
 
 
+def test_repeating_a_failed_query_is_penalised(dev_examples) -> None:
+    env = SpiderSQLEnv(examples=dev_examples, max_turns=4, reward_repeated_error=-0.3)
+    env.reset(options={"index": 0})
+    _, r1, *_ = env.step(fence("SELECT nope FROM band"))
+    _, r2, *_ = env.step(fence("SELECT   nope\nFROM band"))  # the same query, spaced differently
+    _, r3, *_ = env.step(fence("SELECT count(*) FROM band"))  # a new query that runs
+    _, r4, term, _, info = env.step(fence("SELECT count(*) FROM band") + " SUBMIT")  # repeating one that ran: free
+    assert (r1, r2, r3) == (0.0, pytest.approx(-0.3), 0.0)
+    assert term and r4 == pytest.approx(1.0 if info["correct"] else 0.0)
+    env.reset(options={"index": 0})  # a new episode forgets the failures
+    _, r, *_ = env.step(fence("SELECT nope FROM band"))
+    assert r == 0.0
+    _, r, term, *_ = env.step(fence("SELECT nope FROM band") + " SUBMIT")  # submitting it is repeating it too
+    assert term and r == pytest.approx(-0.3)
+
+
 def test_hostile_query_is_an_error_observation(dev_examples) -> None:
     path = dev_examples[0].db_path
     before = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -20,7 +20,9 @@ Episode protocol (told to the policy in the system prompt):
 Reward (all at the end, except the per-reply format penalty): ``reward_correct`` when the final query's results
 match the gold query's under the official Spider execution rules (:mod:`.evaluation`), else ``reward_executes``
 when the final query at least runs, else ``reward_error`` (also for no query at all). Each reply with neither a
-query nor the marker adds ``reward_invalid_reply``. Defaults give the plain 1/0 execution accuracy.
+query nor the marker adds ``reward_invalid_reply``, and each reply whose query repeats one that already failed to
+run in this episode (the same text, up to whitespace) adds ``reward_repeated_error``: the error was ignored.
+Defaults give the plain 1/0 execution accuracy.
 
 The episode always ends with ``terminated=True`` (submitting and running out of turns both end the task and
 score it); ``truncated`` is left to the token-level wrapper's context limit. The final ``info`` holds
@@ -125,6 +127,7 @@ class SpiderSQLEnv(MessageEnv):
         reward_executes: final reward when it runs but is wrong.
         reward_error: final reward when it fails or there is none.
         reward_invalid_reply: added for each reply with neither a query nor the marker.
+        reward_repeated_error: added for each reply whose query repeats one that failed earlier in the episode.
         keep_distinct: score without removing DISTINCT (the official evaluation removes it by default).
         use_test_suite: score on every ``*.sqlite`` in the database's folder (a test suite, as the official
             evaluation does), not only on ``<db_id>.sqlite``.
@@ -154,6 +157,7 @@ class SpiderSQLEnv(MessageEnv):
         reward_executes: float = 0.0,
         reward_error: float = 0.0,
         reward_invalid_reply: float = 0.0,
+        reward_repeated_error: float = 0.0,
         keep_distinct: bool = False,
         use_test_suite: bool = True,
         timeout_s: float = 2.0,
@@ -186,6 +190,7 @@ class SpiderSQLEnv(MessageEnv):
         self.reward_executes = float(reward_executes)
         self.reward_error = float(reward_error)
         self.reward_invalid_reply = float(reward_invalid_reply)
+        self.reward_repeated_error = float(reward_repeated_error)
         self.keep_distinct = bool(keep_distinct)
         self.use_test_suite = bool(use_test_suite)
         self.timeout_s = float(timeout_s)
@@ -272,6 +277,7 @@ class SpiderSQLEnv(MessageEnv):
         self.turn = 0
         self.last_query = None
         self._standing: list[str | None] = []  # the query standing after each reply
+        self._failed: set[str] = set()  # queries of this episode that failed to run, whitespace collapsed
         self.done = False
         self._index = index
         messages = [
@@ -299,6 +305,8 @@ class SpiderSQLEnv(MessageEnv):
         reward = 0.0
         if query is not None:
             self.last_query = query
+            if " ".join(query.split()) in self._failed:
+                reward += self.reward_repeated_error
         elif not submitted:
             reward += self.reward_invalid_reply
         self._standing.append(self.last_query)
@@ -315,6 +323,8 @@ class SpiderSQLEnv(MessageEnv):
         else:
             res = self._sandbox(self.example.db_path).execute(query, max_rows=max(self.preview_rows, 1000))
             body = format_result(res, self.preview_rows)
+            if not res.ok:
+                self._failed.add(" ".join(query.split()))
             body += f"\n\nYou have {_replies(left)} left. Write a corrected query, or reply " \
                     f"{self.submit_marker} to submit this one."
         info = {"turn": self.turn, "query": query, "submitted": False}
