@@ -48,6 +48,15 @@ def test_only_trainable_seats_make_rows(engines):
     for row, ep in enumerate(episodes):
         ids = batch["input_ids"][row][batch["loss_mask"][row]].tolist()
         assert ids == [t for turn in ep.turns for t in turn.action_ids]
+    # The sampled-token counts: the trained seats' are exactly their rows' tokens...
+    stats = collector.last_stats
+    assert stats["sampled_tokens/wolf"] == sum(len(t.action_ids) for ep in episodes for t in ep.turns)
+    assert stats["episodes/wolf"] == len(episodes)
+    assert stats["sampled_tokens"] == sum(v for k, v in stats.items() if k.startswith("sampled_tokens/"))
+    # ... and frozen seats count too (the werewolves play first, frozen here).
+    frozen = make_collector(engines, r"seer|doctor")
+    frozen.collect(seed=0)
+    assert frozen.last_stats["sampled_tokens/wolf"] > 0 and "episodes/wolf" not in frozen.last_stats
 
 
 def test_regex_selects_policies(engines):

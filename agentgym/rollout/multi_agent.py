@@ -84,6 +84,7 @@ class MultiAgentCollector:
         key = lambda i, a: f"ma-{base + i}-{a}"  # noqa: E731
         steps = [0] * n
         round_ = 0
+        sampled: dict[str, int] = {}  # tokens each policy generated, trained seats or not
         try:
             while pending:
                 by_policy: dict[str, list[int]] = {}
@@ -96,6 +97,7 @@ class MultiAgentCollector:
                         [pending[i][1] for i in games], params, cache_keys=[key(i, pending[i][0]) for i in games]
                     )
                     actions.update({i: out[0] for i, out in zip(games, outs)})
+                    sampled[name] = sampled.get(name, 0) + sum(len(out[0].token_ids) for out in outs)
                 nxt: dict[int, tuple[str, list[int]]] = {}
                 for i, c in actions.items():
                     agent, context = pending[i]
@@ -136,6 +138,8 @@ class MultiAgentCollector:
                 )
                 rows_by_policy[name] = rows_by_policy.get(name, 0) + 1
         self.last_stats = {f"episodes/{p}": float(c) for p, c in rows_by_policy.items()}
+        self.last_stats.update({f"sampled_tokens/{p}": float(c) for p, c in sampled.items()})
+        self.last_stats["sampled_tokens"] = float(sum(sampled.values()))
         return episodes
 
     def close(self) -> None:

@@ -354,7 +354,9 @@ class Trainer:
         metrics.update(agg)
         metrics.update(sampling)
         metrics.update(getattr(self.collector, "last_stats", {}))
-        metrics["rollout_tokens_per_s"] = metrics["policy_tokens"] / max(t_rollout, 1e-9)
+        # Every token the engines sampled (a multi-agent collector's frozen seats too), else the batch's.
+        sampled = metrics.get("sampled_tokens", metrics["policy_tokens"])
+        metrics["rollout_tokens_per_s"] = sampled / max(t_rollout, 1e-9)
         if self.algo.dynamic_sampling:
             batch, dropped = algos.filter_groups(batch, self.algo)
             metrics["dropped_groups"] = float(dropped)
