@@ -18,7 +18,10 @@ never uses), sampled at the training temperature, with Wilson 95% intervals.
 
 Writes, under the run dir: ``werewolf_seer.json`` (the table below, the intervals, the adapters' digests, wall
 times and peak memory), ``eval_before.jsonl`` / ``eval_after.jsonl`` (one line per deal: seed, winner, the seer's
-replies, so every number can be re-counted), the trainer's ``metrics.jsonl`` and ``curve.png``.
+replies and what its speeches did with its inspections, so every number can be re-counted), the trainer's
+``metrics.jsonl``, ``episodes.jsonl`` (every training game of the seer) and ``curve.png``.
+
+    python benchmarks/werewolf_seer.py --claims runs/ww-seer/episodes.jsonl   # the seer's claims by iteration
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import resource
 import sys
 import time
@@ -37,6 +41,7 @@ import torch
 from agentgym.envs.werewolf.agents import HeuristicAgent, RandomAgent, win_rates
 from agentgym.envs.werewolf.env import WerewolfEnv
 from agentgym.envs.werewolf.game import WerewolfConfig
+from agentgym.models import load_tokenizer
 from agentgym.rollout.evaluation import EVAL_SEED, wilson_interval
 from agentgym.rollout.multi_agent import MultiAgentCollector
 from agentgym.training.adapters import adapter_parameters
@@ -84,6 +89,55 @@ def weight_digests(model: Any) -> dict[str, str]:
     return out
 
 
+SPEAK = "It is your turn to speak"
+QUOTED = re.compile(r'said: "[^"]*"')
+FOUND = re.compile(r"inspection: (player\d+) is a werewolf\b")
+GONE = re.compile(r"\b(player\d+) (?:was found dead|is eliminated)")
+NAMED = re.compile(r"\b(player\d+) is a werewolf\b")
+CLAIMS = ("speeches", "chances", "exposed", "unfounded")
+
+
+def seer_claims(turns: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """What a seer's speeches did with what its inspections found, from its turns as (context, reply) texts.
+
+    ``speeches``: its turns to speak; ``chances``: those made while a werewolf it had inspected was alive;
+    ``exposed``: of the chances, the speeches that name such a werewolf as one; ``unfounded``: speeches that name as
+    a werewolf a player its inspections did not find to be one (what ``--unfounded-penalty`` charges). Other players'
+    speeches in the context are ignored (what someone says is not what the game announced).
+    """
+    out = dict.fromkeys(CLAIMS, 0)
+    for context, reply in turns:
+        told = QUOTED.sub("", context)
+        if SPEAK not in told[told.rfind("Day "):]:
+            continue
+        found = set(FOUND.findall(told))
+        alive = found - set(GONE.findall(told))
+        named = set(NAMED.findall(reply))
+        out["speeches"] += 1
+        out["chances"] += bool(alive)
+        out["exposed"] += bool(alive and named & alive)
+        out["unfounded"] += bool(named - found)
+    return out
+
+
+def claims_by_iteration(episodes: Path, tokenizer: Any) -> list[dict[str, Any]]:
+    """:func:`seer_claims` summed per iteration over a trainer's ``episodes.jsonl``, with games and wins."""
+    rows: dict[int, dict[str, Any]] = {}
+    for line in Path(episodes).read_text().splitlines():
+        rec = json.loads(line) if line.strip() else None
+        if not rec or rec.get("failed"):
+            continue
+        row = rows.setdefault(rec["iteration"], {"iteration": rec["iteration"], "games": 0, "won": 0,
+                                                 **dict.fromkeys(CLAIMS, 0)})
+        row["games"] += 1
+        row["won"] += bool(rec["success"])
+        turns = [(tokenizer.decode(t["prompt_ids"]), tokenizer.decode(t["action_ids"], skip_special_tokens=True))
+                 for t in rec["turns"]]
+        for k, v in seer_claims(turns).items():
+            row[k] += v
+    return [rows[i] for i in sorted(rows)]
+
+
 def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, Any]:
     """The seer's team's win rate over ``deals`` held-out deals, one game each; one JSON line per deal in ``path``."""
     tok = trainer.tokenizer
@@ -93,10 +147,12 @@ def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, 
         collector = table_collector(trainer, num_groups=min(batch, deals - start), group_size=1)
         try:
             for ep in collector.collect(EVAL_SEED + start):
+                turns = [(tok.decode(t.prompt_ids), tok.decode(t.action_ids, skip_special_tokens=True))
+                         for t in ep.turns]
                 records.append({
                     "seed": ep.group_id, "success": bool(ep.success), "winner": ep.info.get("winner"),
                     "end_reason": ep.info.get("end_reason"), "truncated": ep.truncated,
-                    "seer_replies": [tok.decode(t.action_ids, skip_special_tokens=True) for t in ep.turns],
+                    "seer_replies": [reply for _, reply in turns], "claims": seer_claims(turns),
                 })
         finally:
             collector.close()
@@ -111,8 +167,9 @@ def summarize(records: Sequence[dict[str, Any]], path: Path, wall_s: float | Non
     """The win rate and its Wilson 95% interval over per-deal records."""
     wins = sum(r["success"] for r in records)
     lo, hi = wilson_interval(wins, len(records))
+    claims = {k: sum(r["claims"][k] for r in records) for k in CLAIMS} if all("claims" in r for r in records) else None
     return {"deals": len(records), "wins": wins, "win_rate": wins / max(len(records), 1), "ci95": [lo, hi],
-            "wall_s": wall_s, "file": str(path)}
+            "claims": claims, "wall_s": wall_s, "file": str(path)}
 
 
 def recount(path: Path, deals: int, dest: Path) -> dict[str, Any]:
@@ -148,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the starting policy (a model directory or run dir)")
     p.add_argument("--scripted", type=int, default=0, metavar="GAMES",
                    help="only print the table's win rates with scripted seers and doctors over GAMES games")
+    p.add_argument("--claims", metavar="EPISODES_JSONL",
+                   help="only print the seer's speeches, chances to expose a werewolf it found, exposures and "
+                        "unfounded claims by iteration from a run's episodes.jsonl (the tokenizer of --model, default "
+                        "the embedded model)")
     p.add_argument("--run-dir", default="runs/ww-seer", help="where the run writes (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=12, help="GRPO iterations (default: %(default)s)")
     p.add_argument("--groups", type=int, default=8, help="deals per iteration (default: %(default)s)")
@@ -162,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expose-bonus", type=float, default=0.5,
                    help="training shaping: reward for a seer speech that names a werewolf it found, while that "
                         "werewolf lives (default: %(default)s)")
+    p.add_argument("--unfounded-penalty", type=float, default=0.0,
+                   help="training shaping: subtracted for a seer speech that calls a player a werewolf its "
+                        "inspections did not find to be one (default: %(default)s)")
     p.add_argument("--before", metavar="JSONL",
                    help="recount the start's table from this eval_before.jsonl of an earlier run of the same --model "
                         "instead of replaying it (the deals must match --eval-deals)")
@@ -177,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scripted:
         scripted_table(args.scripted)
+        return 0
+    if args.claims:
+        rows = claims_by_iteration(Path(args.claims), load_tokenizer(args.model) if args.model else load_tokenizer())
+        print("| iteration | games | won | speeches | chances | exposed | unfounded |\n" + "|---" * 7 + "|")
+        for r in rows:
+            print("| " + " | ".join(str(r[k]) for k in ("iteration", "games", "won", *CLAIMS)) + " |")
         return 0
     if not args.model:
         parser.error("--model is required (or --scripted GAMES)")
@@ -197,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, collector=lambda t: table_collector(
         t, cfg.groups_per_iteration, cfg.group_size, vote_out_werewolf_bonus=args.vote_bonus,
-        expose_werewolf_bonus=args.expose_bonus))
+        expose_werewolf_bonus=args.expose_bonus, unfounded_claim_penalty=args.unfounded_penalty))
     try:
         before_digests = weight_digests(trainer.model)
         if args.before:

@@ -247,33 +247,55 @@ def test_rewards_and_shaping():
     assert set(info["roles"]) == set(game.players) and info["log"]
 
 
+def _seer_table(seed=3):
+    """The wolf, a villager and the seer of the deal ``seed``."""
+    probe = WerewolfGame(seed=seed)
+    return tuple(next(p for p in probe.players if probe.roles[p] == role) for role in (WEREWOLF, "villager", "seer"))
+
+
+def seer_return_after_speech(speech, inspect=None, bonus=0.0, penalty=0.0, seed=3):
+    """The seer's return right after its first day speech, having inspected ``inspect`` (default: the wolf)."""
+    wolf, _, seer = _seer_table(seed)
+    game = WerewolfGame(WerewolfConfig(expose_werewolf_bonus=bonus, unfounded_claim_penalty=penalty), seed=seed)
+
+    def choose(g, req):
+        if req.kind == "kill":  # never the seer, so it lives to speak
+            return "KILL: " + next(t for t in req.targets if t != seer)
+        if req.kind == "inspect":
+            return f"INSPECT: {inspect or wolf}"
+        return first_target(g, req)
+
+    while not (game.request.kind == "speak" and game.request.player == seer):
+        game.act(choose(game, game.request))
+    game.act(speech)
+    return game.returns[seer]
+
+
 def test_expose_werewolf_bonus_pays_only_a_true_founded_claim():
-    probe = WerewolfGame(seed=3)
-    wolf = next(p for p in probe.players if probe.roles[p] == WEREWOLF)
-    villager = next(p for p in probe.players if probe.roles[p] == "villager")
-    seer = next(p for p in probe.players if probe.roles[p] == "seer")
-
-    def seer_return_after_speech(speech, inspect=wolf, bonus=0.3):
-        game = WerewolfGame(WerewolfConfig(expose_werewolf_bonus=bonus), seed=3)
-
-        def choose(g, req):
-            if req.kind == "kill":  # never the seer, so it lives to speak
-                return "KILL: " + next(t for t in req.targets if t != seer)
-            if req.kind == "inspect":
-                return f"INSPECT: {inspect}"
-            return first_target(g, req)
-
-        while not (game.request.kind == "speak" and game.request.player == seer):
-            game.act(choose(game, game.request))
-        game.act(speech)
-        return game.returns[seer]
-
-    assert seer_return_after_speech(f"I am the seer. {wolf} is a werewolf. Vote for {wolf}.") == pytest.approx(0.3)
-    assert seer_return_after_speech(f"{wolf} is a werewolf", bonus=0.0) == 0.0
-    assert seer_return_after_speech(f"I am the seer. {wolf} is not a werewolf.") == 0.0
-    assert seer_return_after_speech(f"I am the seer. {villager} is a werewolf.") == 0.0
+    wolf, villager, _ = _seer_table()
+    pay = dict(bonus=0.3)
+    speech = f"I am the seer. {wolf} is a werewolf. Vote for {wolf}."
+    assert seer_return_after_speech(speech, **pay) == pytest.approx(0.3)
+    assert seer_return_after_speech(f"{wolf} is a werewolf") == 0.0
+    assert seer_return_after_speech(f"I am the seer. {wolf} is not a werewolf.", **pay) == 0.0
+    assert seer_return_after_speech(f"I am the seer. {villager} is a werewolf.", **pay) == 0.0
     # Naming the right werewolf without having inspected it is a guess, not an exposure.
-    assert seer_return_after_speech(f"{wolf} is a werewolf.", inspect=villager) == 0.0
+    assert seer_return_after_speech(f"{wolf} is a werewolf.", inspect=villager, **pay) == 0.0
+
+
+def test_unfounded_claim_penalty_charges_a_seer_claim_its_inspections_do_not_back():
+    wolf, villager, _ = _seer_table()
+    ask = dict(penalty=0.4)
+    assert seer_return_after_speech(f"I am the seer. {villager} is a werewolf.", **ask) == pytest.approx(-0.4)
+    twice = f"{villager} is a werewolf, and {wolf} is a werewolf."
+    assert seer_return_after_speech(twice, **ask) == pytest.approx(-0.4)  # once a speech
+    assert seer_return_after_speech(f"{wolf} is a werewolf.", inspect=villager, **ask) == pytest.approx(-0.4)  # a guess
+    assert seer_return_after_speech(f"I am the seer. {wolf} is a werewolf.", **ask) == 0.0  # founded
+    assert seer_return_after_speech(f"I am the seer. {villager} is not a werewolf.", **ask) == 0.0
+    assert seer_return_after_speech(f"I suspect {villager}.", **ask) == 0.0
+    assert seer_return_after_speech(f"{villager} is a werewolf.") == 0.0  # no penalty set
+    both = dict(bonus=0.3, penalty=0.4)  # a founded and an unfounded claim in one speech: both count
+    assert seer_return_after_speech(f"{wolf} is a werewolf. {villager} is a werewolf.", **both) == pytest.approx(-0.1)
 
 
 # -- strict parsing and retries ---------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ Rewards: at the end every player gets ``win_reward`` if its team won, ``loss_rew
 on a draw; optional shaping: ``invalid_action_penalty`` per invalid attempt, ``default_action_penalty`` when the
 attempts run out, ``vote_out_werewolf_bonus`` to each village player who voted for a werewolf that got eliminated,
 ``expose_werewolf_bonus`` to a seer for each public speech that names a living werewolf it has inspected
-(``playerN is a werewolf``).
+(``playerN is a werewolf``), ``unfounded_claim_penalty`` per seer speech that names as a werewolf a player its
+inspections did not find to be one.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ class WerewolfConfig:
     expose_werewolf_bonus: float = 0.0
     """Shaping: added to a seer for each day speech that says ``playerN is a werewolf`` of a living werewolf the seer
     has inspected (the move that makes the village's votes count; false or unfounded claims earn nothing)."""
+    unfounded_claim_penalty: float = 0.0
+    """Shaping: subtracted from a seer for each day speech that says ``playerN is a werewolf`` of a player its
+    inspections did not find to be one (a lie, or a guess even when it happens to be right: the village believes a
+    seer's claim, so a wrong one votes out its own side)."""
 
     def __post_init__(self) -> None:
         try:
@@ -660,11 +665,18 @@ class WerewolfGame:
                     self._emit(f'{p} said: "{said}"', None, type="speech", player=p, text=said, channel="public")
                     if cfg.expose_werewolf_bonus and self._exposes_werewolf(p, said):
                         self._reward(p, cfg.expose_werewolf_bonus)
+                    if cfg.unfounded_claim_penalty and self.roles[p] == SEER and self._unfounded_claim(p, said):
+                        self._reward(p, -cfg.unfounded_claim_penalty)
 
     def _exposes_werewolf(self, seer: str, said: str) -> bool:
         """Whether ``said`` names, as a werewolf, a living werewolf that ``seer`` found by inspection."""
         return any(re.search(rf"\b{w} is a werewolf\b", said)
                    for w in self._found_wolves.get(seer, ()) if self.is_alive(w))
+
+    def _unfounded_claim(self, seer: str, said: str) -> bool:
+        """Whether ``said`` names as a werewolf a player that ``seer`` has not found to be one."""
+        found = self._found_wolves.get(seer, set())
+        return any(re.search(rf"\b{p} is a werewolf\b", said) for p in self.players if p not in found)
 
     def _vote(self) -> Generator[Request, str | None, None]:
         cfg = self.config
