@@ -27,6 +27,7 @@ replies and what its speeches did with its inspections, so every number can be r
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import re
@@ -121,9 +122,12 @@ def seer_claims(turns: Sequence[tuple[str, str]]) -> dict[str, int]:
 
 
 def claims_by_iteration(episodes: Path, tokenizer: Any) -> list[dict[str, Any]]:
-    """:func:`seer_claims` summed per iteration over a trainer's ``episodes.jsonl``, with games and wins."""
+    """:func:`seer_claims` summed per iteration over a trainer's ``episodes.jsonl`` (or ``.jsonl.gz``), with games
+    and wins."""
     rows: dict[int, dict[str, Any]] = {}
-    for line in Path(episodes).read_text().splitlines():
+    with (gzip.open if Path(episodes).suffix == ".gz" else open)(episodes, "rt") as f:
+        lines = f.read().splitlines()
+    for line in lines:
         rec = json.loads(line) if line.strip() else None
         if not rec or rec.get("failed"):
             continue

@@ -1,5 +1,6 @@
 """benchmarks/werewolf_seer.py: the seer's claims counted from its token contexts agree with the game's own state."""
 
+import gzip
 import importlib.util
 import json
 from pathlib import Path
@@ -103,3 +104,6 @@ def test_claims_by_iteration_reads_a_trainers_episodes(tiny_tokenizer, bench, tm
             f.write(json.dumps({"iteration": it, "success": bool(seed % 2), "turns": turns}) + "\n")
         f.write(json.dumps({"iteration": 3, "failed": True}) + "\n")
     assert bench.claims_by_iteration(path, tiny_tokenizer) == [expected[1], expected[2]]
+    packed = tmp_path / "episodes.jsonl.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    assert bench.claims_by_iteration(packed, tiny_tokenizer) == [expected[1], expected[2]]
