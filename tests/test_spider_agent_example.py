@@ -1,22 +1,15 @@
 """examples/spider_agent.py: the Spider write -> execute -> check -> rewrite loop trained through AgentEnv."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from agentgym.envs.spider_sql import execution_match, extract_sql, load_spider, suite_db_paths
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spider_agent.py"
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def spider_agent():
-    spec = importlib.util.spec_from_file_location("spider_agent_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/spider_agent.py", "spider_agent_example")
 
 
 def say(tok, text):

@@ -1,25 +1,19 @@
 """benchmarks/werewolf_seer.py: the seer's claims counted from its token contexts agree with the game's own state."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agentgym.envs.werewolf.agents import HeuristicAgent
 from agentgym.envs.werewolf.env import WerewolfEnv
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "werewolf_seer.py"
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("werewolf_seer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/werewolf_seer.py", "werewolf_seer")
 
 
 def play_seer(tok, seed, bench):
