@@ -121,6 +121,11 @@ def seer_claims(turns: Sequence[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
+def turn_texts(tokenizer: Any, turns: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[str, str]]:
+    """(context, reply) texts of turns given as (prompt ids, action ids), as :func:`seer_claims` reads them."""
+    return [(tokenizer.decode(prompt), tokenizer.decode(action, skip_special_tokens=True)) for prompt, action in turns]
+
+
 def claims_by_iteration(episodes: Path, tokenizer: Any) -> list[dict[str, Any]]:
     """:func:`seer_claims` summed per iteration over a trainer's ``episodes.jsonl`` (or ``.jsonl.gz``), with games
     and wins."""
@@ -135,8 +140,7 @@ def claims_by_iteration(episodes: Path, tokenizer: Any) -> list[dict[str, Any]]:
                                                  **dict.fromkeys(CLAIMS, 0)})
         row["games"] += 1
         row["won"] += bool(rec["success"])
-        turns = [(tokenizer.decode(t["prompt_ids"]), tokenizer.decode(t["action_ids"], skip_special_tokens=True))
-                 for t in rec["turns"]]
+        turns = turn_texts(tokenizer, [(t["prompt_ids"], t["action_ids"]) for t in rec["turns"]])
         for k, v in seer_claims(turns).items():
             row[k] += v
     return [rows[i] for i in sorted(rows)]
@@ -151,8 +155,7 @@ def evaluate(trainer: Trainer, deals: int, batch: int, path: Path) -> dict[str, 
         collector = table_collector(trainer, num_groups=min(batch, deals - start), group_size=1)
         try:
             for ep in collector.collect(EVAL_SEED + start):
-                turns = [(tok.decode(t.prompt_ids), tok.decode(t.action_ids, skip_special_tokens=True))
-                         for t in ep.turns]
+                turns = turn_texts(tok, [(t.prompt_ids, t.action_ids) for t in ep.turns])
                 records.append({
                     "seed": ep.group_id, "success": bool(ep.success), "winner": ep.info.get("winner"),
                     "end_reason": ep.info.get("end_reason"), "truncated": ep.truncated,

@@ -663,20 +663,19 @@ class WerewolfGame:
                     self._emit(f"{p} stayed silent.", None, type="silence", player=p, channel="public")
                 else:
                     self._emit(f'{p} said: "{said}"', None, type="speech", player=p, text=said, channel="public")
-                    if cfg.expose_werewolf_bonus and self._exposes_werewolf(p, said):
-                        self._reward(p, cfg.expose_werewolf_bonus)
-                    if cfg.unfounded_claim_penalty and self.roles[p] == SEER and self._unfounded_claim(p, said):
-                        self._reward(p, -cfg.unfounded_claim_penalty)
+                    if cfg.expose_werewolf_bonus or cfg.unfounded_claim_penalty:
+                        self._shape_claims(p, said)
 
-    def _exposes_werewolf(self, seer: str, said: str) -> bool:
-        """Whether ``said`` names, as a werewolf, a living werewolf that ``seer`` found by inspection."""
-        return any(re.search(rf"\b{w} is a werewolf\b", said)
-                   for w in self._found_wolves.get(seer, ()) if self.is_alive(w))
-
-    def _unfounded_claim(self, seer: str, said: str) -> bool:
-        """Whether ``said`` names as a werewolf a player that ``seer`` has not found to be one."""
-        found = self._found_wolves.get(seer, set())
-        return any(re.search(rf"\b{p} is a werewolf\b", said) for p in self.players if p not in found)
+    def _shape_claims(self, speaker: str, said: str) -> None:
+        """The claim shaping of a speech: ``expose_werewolf_bonus`` when it names, as a werewolf, a living werewolf
+        the speaker found by inspection; for a seer, ``unfounded_claim_penalty`` when it so names a player it has not
+        found to be one."""
+        named = {p for p in self.players if re.search(rf"\b{p} is a werewolf\b", said)}
+        found = self._found_wolves.get(speaker, set())
+        if any(self.is_alive(w) for w in named & found):
+            self._reward(speaker, self.config.expose_werewolf_bonus)
+        if self.roles[speaker] == SEER and named - found:
+            self._reward(speaker, -self.config.unfounded_claim_penalty)
 
     def _vote(self) -> Generator[Request, str | None, None]:
         cfg = self.config
